@@ -1,0 +1,306 @@
+"""The Redis stream contract: key names, message fields, schema version, encode and decode.
+
+Every producer and consumer goes through this module; no other module builds a key or
+reads a raw field. Messages are frozen dataclasses with ``to_fields()``/``from_fields()``;
+numbers travel as ASCII, lists as JSON, crops as JPEG bytes. Never pickles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Mapping
+
+from liveness.defaults import KEY_PREFIX, SCHEMA_VERSION
+from liveness.errors import MessageError, PoisonMessageError
+
+MAX_CROP_BYTES = 256 * 1024
+"""Largest JPEG crop accepted, bytes; bigger ones are dead-lettered."""
+
+MAX_FIELD_BYTES = 64 * 1024
+"""Largest non-crop field accepted, bytes."""
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Stream, group and key names under one prefix, so installations can share a Redis."""
+
+    prefix: str = KEY_PREFIX
+
+    def stream(self, message: "type[Message] | Message") -> str:
+        """The stream a message type travels on, e.g. ``liveness:faces`` for FaceCrop."""
+        return f"{self.prefix}:{message.stream}"
+
+    def dead(self, stream: str) -> str:
+        """Dead-letter stream of ``stream`` (a full key such as ``keys.stream(FaceCrop)``)."""
+        return f"{self.prefix}:dead:{stream.removeprefix(self.prefix + ':')}"
+
+    def group(self, role: Literal["face-workers", "eye-workers", "fusion"]) -> str:
+        return f"{self.prefix}:{role}"
+
+    def track_state(self, track: str) -> str:
+        """Hash where fusion keeps one track's evidence (TTL-bound)."""
+        return f"{self.prefix}:track:{track}"
+
+    def seen(self, track: str) -> str:
+        """Set of source message ids fusion already counted for a track (TTL-bound)."""
+        return f"{self.prefix}:seen:{track}"
+
+    def camera_session(self, camera: str) -> str:
+        """Counter that makes track ids unique across ingest restarts."""
+        return f"{self.prefix}:camera-session:{camera}"
+
+    def heartbeat(self, service: str) -> str:
+        return f"{self.prefix}:heartbeat:{service}"
+
+
+def _encode(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bool):
+        return b"1" if value else b"0"
+    if isinstance(value, (int, str)):
+        return str(value).encode()
+    if isinstance(value, float):
+        return repr(value).encode()
+    if isinstance(value, (list, tuple)):
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def _finite(name: str, x: float) -> float:
+    if not math.isfinite(x):
+        raise PoisonMessageError(f"field {name!r}: not a finite number ({x!r})")
+    return x
+
+
+def _decode(name: str, raw: bytes, kind: Any) -> Any:
+    if kind is bytes:
+        return raw
+    if len(raw) > MAX_FIELD_BYTES:
+        raise PoisonMessageError(f"field {name!r}: {len(raw)} bytes is too long")
+    try:
+        text = raw.decode("ascii") if kind in (int, float) else raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PoisonMessageError(f"field {name!r}: not valid text") from None
+    try:
+        if kind is str:
+            return text
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return _finite(name, float(text))
+        value = json.loads(text)
+    except ValueError:
+        raise PoisonMessageError(f"field {name!r}: expected {getattr(kind, '__name__', kind)}, got {text[:40]!r}") from None
+    return _check_json(name, value, kind)
+
+
+def _check_json(name: str, value: Any, kind: Any) -> Any:
+    """Validate a JSON-decoded list against ``Box``, ``list[float]`` or ``list[list[float]]``."""
+    if kind == Box:
+        if not (isinstance(value, list) and len(value) == 4 and all(type(v) is int for v in value)):
+            raise PoisonMessageError(f"field {name!r}: expected 4 integers [x, y, w, h]")
+        return tuple(value)
+    if kind == list[float]:
+        if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise PoisonMessageError(f"field {name!r}: expected a list of numbers")
+        return [_finite(name, float(v)) for v in value]
+    if kind == list[list[float]]:
+        if not isinstance(value, list):
+            raise PoisonMessageError(f"field {name!r}: expected a list of pairs")
+        return [_check_json(name, v, list[float]) for v in value]
+    raise TypeError(f"no decoder for {kind}")
+
+
+class Message:
+    """Base of every stream message: one dataclass, one stream, one schema version."""
+
+    stream: ClassVar[str]
+
+    def to_fields(self) -> dict[str, bytes]:
+        """Fields for ``XADD``; ``None`` values are left out."""
+        fields = {"v": str(SCHEMA_VERSION).encode()}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if value is not None:
+                fields[f.name] = _encode(value)
+        return fields
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[bytes | str, bytes | str]) -> typing.Self:
+        """Decode and validate; raises PoisonMessageError naming the first bad field."""
+        raw = {(k.decode() if isinstance(k, bytes) else k): (v.encode() if isinstance(v, str) else v) for k, v in fields.items()}
+        version = raw.get("v")
+        if version != str(SCHEMA_VERSION).encode():
+            raise PoisonMessageError(f"{cls.__name__}: schema version {version!r}, expected {SCHEMA_VERSION}")
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            kind, optional = _unwrap(hints[f.name])
+            if f.name not in raw:
+                if optional or f.default is not dataclasses.MISSING:
+                    continue
+                raise PoisonMessageError(f"{cls.__name__}: missing field {f.name!r}")
+            values[f.name] = _decode(f.name, raw[f.name], kind)
+        msg = cls(**values)
+        msg.validate()
+        return msg
+
+    def validate(self) -> None:
+        """Cross-field checks of a decoded message; overridden where needed."""
+
+
+def _unwrap(hint: Any) -> tuple[Any, bool]:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0], True
+    return hint, False
+
+
+def _check_ids(msg: Any) -> None:
+    for name in ("camera", "track"):
+        value = getattr(msg, name)
+        if not value or len(value) > 128:
+            raise PoisonMessageError(f"field {name!r}: must be 1-128 characters")
+
+
+@dataclass(frozen=True)
+class FaceCrop(Message):
+    """An aligned face crop of one track at one frame (ingest -> face workers)."""
+
+    stream: ClassVar[str] = "faces"
+    camera: str
+    track: str
+    frame: int
+    capture_ts: float
+    ingest_ts: float
+    box: Box
+    jpeg: bytes
+    label: str | None = None
+
+    def validate(self) -> None:
+        _check_ids(self)
+        if not self.jpeg or len(self.jpeg) > MAX_CROP_BYTES:
+            raise PoisonMessageError(f"field 'jpeg': {len(self.jpeg)} bytes, expected 1..{MAX_CROP_BYTES}")
+
+
+@dataclass(frozen=True)
+class EyeSample(Message):
+    """The eye ratios of one track at one frame, with the track's last window once full.
+
+    ``window`` holds EYE_WINDOW ``[left, right]`` pairs, oldest first, sampled at
+    ``window_rate_hz`` (not at the camera's rate, so the model sees the same span of time
+    whatever the fps); ``open_level`` is the track's running median ratio (open eye).
+    """
+
+    stream: ClassVar[str] = "eyes"
+    camera: str
+    track: str
+    frame: int
+    capture_ts: float
+    ingest_ts: float
+    box: Box
+    left: float
+    right: float
+    open_level: float
+    window: list[list[float]] | None = None
+    window_rate_hz: float | None = None
+    label: str | None = None
+
+    def validate(self) -> None:
+        _check_ids(self)
+        if self.window is not None:
+            if not all(len(p) == 2 for p in self.window):
+                raise PoisonMessageError("field 'window': every entry must be a [left, right] pair")
+            if self.window_rate_hz is None or self.window_rate_hz <= 0:
+                raise PoisonMessageError("field 'window_rate_hz': required and > 0 with a window")
+
+
+@dataclass(frozen=True)
+class Score(Message):
+    """A model's spoof score for one source message (workers -> fusion)."""
+
+    stream: ClassVar[str] = ""
+    source_id: str
+    camera: str
+    track: str
+    frame: int
+    capture_ts: float
+    ingest_ts: float
+    scored_ts: float
+    score: float
+    model: str
+    model_version: str
+    label: str | None = None
+
+    def validate(self) -> None:
+        _check_ids(self)
+        if not 0.0 <= self.score <= 1.0:
+            raise PoisonMessageError(f"field 'score': {self.score} is outside [0, 1]")
+
+
+@dataclass(frozen=True)
+class FaceScore(Score):
+    """The face network's score for one crop."""
+
+    stream: ClassVar[str] = "face-scores"
+
+
+@dataclass(frozen=True)
+class EyeScore(Score):
+    """The eye network's score for one window."""
+
+    stream: ClassVar[str] = "eye-scores"
+
+
+@dataclass(frozen=True)
+class Decision(Message):
+    """Fusion's verdict on a track, emitted when first decided and whenever it changes."""
+
+    stream: ClassVar[str] = "decisions"
+    camera: str
+    track: str
+    verdict: str
+    confidence: float
+    face_evidence: float
+    eye_evidence: float
+    frames: int
+    first_capture_ts: float
+    last_capture_ts: float
+    decided_ts: float
+    rule: str
+    label: str | None = None
+
+    def validate(self) -> None:
+        _check_ids(self)
+        if self.verdict not in ("live", "spoof", "undecided"):
+            raise PoisonMessageError(f"field 'verdict': {self.verdict!r} is not live, spoof or undecided")
+
+
+@dataclass(frozen=True)
+class Label(Message):
+    """Operator feedback: the ground truth of a track (``liveness label``)."""
+
+    stream: ClassVar[str] = "labels"
+    camera: str
+    track: str
+    label: str
+    ts: float
+
+    def validate(self) -> None:
+        _check_ids(self)
+        if self.label not in ("live", "spoof"):
+            raise PoisonMessageError(f"field 'label': {self.label!r} is not live or spoof")
+
+
+__all__ = [
+    "Box", "Decision", "EyeSample", "EyeScore", "FaceCrop", "FaceScore", "Keys", "Label", "Message",
+    "MessageError", "PoisonMessageError", "Score",
+]

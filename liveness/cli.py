@@ -1,0 +1,135 @@
+"""The ``liveness`` command: one subcommand per service or tool.
+
+Arguments are declared here, in one place; each subcommand runs ``run(args)`` of its module,
+imported only when chosen so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Callable
+
+from liveness import __version__
+from liveness.errors import LivenessError
+from liveness.redaction import redact_text
+
+Adder = Callable[[argparse.ArgumentParser], None]
+
+
+def _config(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--config", "-c", required=required, metavar="FILE",
+                   help="YAML config (default: $LIVENESS_CONFIG, else built-in defaults)")
+
+
+def _ingest(p: argparse.ArgumentParser) -> None:
+    _config(p, required=True)
+    p.add_argument("--camera", action="append", metavar="ID",
+                   help="camera id to run (repeatable); default: every camera, one process each")
+    p.add_argument("--fast", action="store_true", help="play video files as fast as possible")
+    p.add_argument("--loop", action="store_true", help="restart video files at their end")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after N frames (files)")
+
+
+def _worker(p: argparse.ArgumentParser) -> None:
+    _config(p)
+    p.add_argument("--name", help="consumer name (default: host-pid)")
+    p.add_argument("--model", help="ONNX model file (default: the committed artifact)")
+    p.add_argument("--threads", type=int, help="onnxruntime threads")
+    p.add_argument("--batch-size", type=int, help="most messages per batch")
+
+
+def _fusion(p: argparse.ArgumentParser) -> None:
+    _config(p)
+    p.add_argument("--name", help="consumer name (default: host-pid)")
+
+
+def _train_face(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", choices=["nuaa", "folders"], default="nuaa")
+    p.add_argument("--root", required=True, help="dataset root")
+    p.add_argument("--out", default="models/artifacts/face.onnx", help="ONNX file to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--limit", type=int, default=None, help="use at most N crops (smoke runs)")
+
+
+def _train_eye(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", choices=["nuaa", "folders", "seed-csv"], default="nuaa")
+    p.add_argument("--root", required=True, help="dataset root (seed-csv: its folder or CSV file)")
+    p.add_argument("--out", default="models/artifacts/eye.onnx", help="ONNX file to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default=None, help="classifier (default: the best on validation)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", choices=["face", "eye", "fused"], required=True)
+    p.add_argument("--dataset", choices=["nuaa", "folders"], required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--split", default=None, help="nuaa: train, all, session-01, ...; folders: a subfolder")
+    p.add_argument("--json", action="store_true", help="last line of stdout is one JSON object")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the DET curve")
+    p.add_argument("--face-model", help="face ONNX file (default: committed)")
+    p.add_argument("--eye-model", help="eye ONNX file (default: committed)")
+
+
+def _bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("what", choices=["ingest", "face", "eye", "e2e"])
+    p.add_argument("--source", help="ingest: video file to decode and ingest")
+    p.add_argument("--frames", type=int, default=600, help="ingest: frames to measure")
+    p.add_argument("--cameras", type=int, default=4)
+    p.add_argument("--fps", type=float, default=10.0)
+    p.add_argument("--duration", type=float, default=60.0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _config(p)
+
+
+COMMANDS: dict[str, tuple[str, str, Adder]] = {
+    "ingest": ("ingest.service", "read cameras, publish faces and eye ratios to Redis", _ingest),
+    "face-worker": ("workers.face", "score face crops with the face model", _worker),
+    "eye-worker": ("workers.eye", "score eye windows with the eye model", _worker),
+    "fusion": ("fusion.service", "join scores per track and decide live/spoof", _fusion),
+    "train-face": ("models.train_face", "train and export the face model (extra 'train')", _train_face),
+    "train-eye": ("models.train_eye", "train and export the eye model", _train_eye),
+    "evaluate": ("models.evaluate", "ISO/IEC 30107-3 report of a model on a labelled dataset", _evaluate),
+    "bench": ("liveness.bench", "benchmarks with JSON output", _bench),
+}
+"""name -> (module with run(args), help, argument adder). ``train face`` maps to ``train-face``."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="liveness", description="Face liveness pipeline for multi-camera installations.")
+    parser.add_argument("--version", action="version", version=f"liveness {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = sub.add_parser("train", help="train and export a model").add_subparsers(dest="command", required=True)
+    for name, (module, help_text, adder) in COMMANDS.items():
+        if name.startswith("train-"):
+            p = train.add_parser(name.removeprefix("train-"), help=help_text, description=help_text)
+        else:
+            p = sub.add_parser(name, help=help_text, description=help_text)
+        adder(p)
+        p.set_defaults(module=module, command=name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(args.module)
+    try:
+        return int(module.run(args) or 0)
+    except LivenessError as e:
+        print(f"liveness {args.command}: error: {redact_text(str(e))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

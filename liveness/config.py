@@ -72,7 +72,7 @@ class CameraDefaults(Section):
 
 class CameraSettings(Section):
     id: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Camera id, unique")
-    source: str | int = Field(..., description="rtsp:// URL, video file, folder of frames or webcam index")
+    source: str | int = Field(..., description="rtsp:// URL, video file or webcam index")
     label: Literal["live", "spoof"] | None = Field(None, description="Ground truth, for evaluation cameras")
     max_fps: float | None = Field(None, gt=0, le=120)
     crop_every: int | None = Field(None, ge=1)

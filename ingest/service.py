@@ -1,0 +1,288 @@
+"""One camera's ingest: capture, track faces, publish crops and eye ratios to Redis.
+
+``IngestService.start()`` lists its steps in order; the per-frame path only does the work
+that must be done per frame and batches its Redis writes into one round trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import redis
+
+from ingest import metrics
+from ingest.capture import FileReader, Frame, LatestFrameReader, describe, is_live, open_capture
+from liveness.config import CameraSettings, Settings, load_settings
+from liveness.contract import EyeSample, FaceCrop, Keys
+from liveness.errors import SourceError
+from liveness.eyes import EyeHistory
+from liveness.face import FacePipeline, align_crop
+from liveness.metrics import serve
+from liveness.redisconn import connect, wait_until_up
+from liveness.supervisor import ProcessSpec, Supervisor
+from liveness.tracking import FaceTracker, Track
+
+log = logging.getLogger(__name__)
+
+RECONNECT_CAP_S = 30.0
+"""Longest wait between two attempts to reopen a camera, seconds."""
+
+LAG_CHECK_S = 0.5
+"""How often ingest asks Redis how far the face workers lag, seconds."""
+
+TRIM_EVERY_S = 1.0
+"""How often ingest trims face crops older than the retention, seconds."""
+
+
+@dataclass
+class TrackState:
+    """What ingest keeps per track: its eye history and how many crops it has produced."""
+
+    eyes: EyeHistory = field(default_factory=EyeHistory)
+    crops: int = 0
+
+
+class IngestService:
+    """Reads one camera and publishes what the face pipeline finds."""
+
+    def __init__(self, settings: Settings, camera: CameraSettings, fast: bool = False, loop: bool = False,
+                 max_frames: int | None = None, stop: threading.Event | None = None) -> None:
+        self.settings = settings
+        self.camera = camera
+        self.fast = fast
+        self.loop = loop
+        self.max_frames = max_frames
+        self.stop = stop or threading.Event()
+        self.keys = Keys(settings.prefix)
+        self.who = f"ingest {camera.id}"
+        self.frames = 0
+        self._last_media_ts = -1e9
+        self._shedding = False
+        self._next_lag_check = 0.0
+        self._next_trim = 0.0
+        self._redis_retry_at = 0.0
+        self._redis_backoff = 0.1
+
+    def start(self) -> None:
+        """Connect, claim a session for unique track ids, load models, serve metrics, capture."""
+        self.redis = connect(self.settings.redis)
+        if not wait_until_up(self.redis, self.who, self.settings.redis.url, self.stop):
+            return
+        self.session = int(self.redis.incr(self.keys.camera_session(self.camera.id)))
+        self.pipeline = FacePipeline(self.camera.detect, self.camera.crop)
+        counter = iter(range(1, 1 << 62))
+        self.tracker = FaceTracker(self.pipeline, lambda: f"{self.camera.id}:{self.session}:{next(counter)}")
+        metrics.CAMERA_UP.labels(self.camera.id).set(0)
+        log.info("%s: source %s, session %d", self.who, describe(self.camera.source), self.session)
+        try:
+            self.capture_loop()
+        finally:
+            metrics.CAMERA_UP.labels(self.camera.id).set(0)
+            log.info("%s: stopped after %d frames", self.who, self.frames)
+
+    def capture_loop(self) -> None:
+        """Open the source, read until it fails, reopen with capped exponential backoff."""
+        delay = 0.5
+        cam = self.camera.id
+        while not self.stop.is_set():
+            try:
+                cap = open_capture(self.camera)
+            except SourceError as e:
+                metrics.SOURCE_ERRORS.labels(cam, "open").inc()
+                log.warning("%s: %s; retrying in %.1f s", self.who, e, delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, RECONNECT_CAP_S)
+                continue
+            live = is_live(self.camera.source)
+            reader = LatestFrameReader(cap, cam) if live else FileReader(cap, self.fast)
+            metrics.CAMERA_UP.labels(cam).set(1)
+            got = self.read_frames(reader, live)
+            reader.close()
+            metrics.CAMERA_UP.labels(cam).set(0)
+            if self.stop.is_set() or self._done():
+                return
+            if not live and not self.loop:
+                log.info("%s: end of file", self.who)
+                return
+            if got:
+                delay = 0.5
+            metrics.RECONNECTS.labels(cam).inc()
+            if live:
+                log.warning("%s: stream lost; reconnecting in %.1f s", self.who, delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, RECONNECT_CAP_S)
+
+    def _done(self) -> bool:
+        return self.max_frames is not None and self.frames >= self.max_frames
+
+    def read_frames(self, reader: LatestFrameReader | FileReader, live: bool) -> int:
+        """Process frames until the source fails or we are stopped; returns frames processed."""
+        cam = self.camera.id
+        got = 0
+        last_frame = time.monotonic()
+        fps_window: list[float] = []
+        while not self.stop.is_set() and not self._done():
+            t0 = time.perf_counter()
+            frame = reader.get(timeout_s=0.5)
+            if frame is None:
+                if reader.failed:
+                    metrics.SOURCE_ERRORS.labels(cam, "end" if not live else "read").inc()
+                    return got
+                if time.monotonic() - last_frame > self.camera.read_timeout_s:
+                    metrics.SOURCE_ERRORS.labels(cam, "timeout").inc()
+                    log.warning("%s: no frame for %.1f s", self.who, self.camera.read_timeout_s)
+                    return got
+                continue
+            last_frame = time.monotonic()
+            metrics.FRAMES_READ.labels(cam).inc(1 + reader.overwritten)
+            metrics.FRAMES_SKIPPED.labels(cam).inc(reader.overwritten)
+            reader.overwritten = 0
+            media_ts = frame.capture_ts if live else frame.index / reader.fps  # type: ignore[union-attr]
+            if media_ts - self._last_media_ts < 1.0 / self.camera.max_fps - 1e-3:
+                metrics.FRAMES_SKIPPED.labels(cam).inc()
+                continue
+            self._last_media_ts = media_ts
+            metrics.STAGE_SECONDS.labels(cam, "decode").observe(time.perf_counter() - t0)
+            self.process(frame, media_ts)
+            got += 1
+            now = time.monotonic()
+            fps_window.append(now)
+            while fps_window and fps_window[0] < now - 5.0:
+                fps_window.pop(0)
+            metrics.CAMERA_FPS.labels(cam).set(len(fps_window) / 5.0)
+        return got
+
+    def process(self, frame: Frame, media_ts: float) -> None:
+        """Track faces in one frame and publish a crop (sampled) and eye ratios per track."""
+        cam = self.camera.id
+        t0 = time.perf_counter()
+        if frame.image.ndim != 3 or frame.image.shape[0] < 32 or frame.image.shape[1] < 32:
+            metrics.SOURCE_ERRORS.labels(cam, "corrupt").inc()
+            return
+        tracks = self.tracker.update(frame.image, frame.index)
+        t1 = time.perf_counter()
+        metrics.STAGE_SECONDS.labels(cam, "track").observe(t1 - t0)
+        self.frames += 1
+        metrics.FRAMES_PROCESSED.labels(cam).inc()
+        metrics.TRACKS_OPEN.labels(cam).set(len(tracks))
+        if not tracks:
+            return
+        self._check_lag()
+        messages: list[FaceCrop | EyeSample] = []
+        for track in tracks:
+            messages.extend(self._messages(track, frame, media_ts))
+        t2 = time.perf_counter()
+        metrics.STAGE_SECONDS.labels(cam, "crop").observe(t2 - t1)
+        self.publish(messages)
+        metrics.STAGE_SECONDS.labels(cam, "publish").observe(time.perf_counter() - t2)
+
+    def _messages(self, track: Track, frame: Frame, media_ts: float) -> list[FaceCrop | EyeSample]:
+        cam = self.camera.id
+        state = track.state.get("ingest")
+        if not isinstance(state, TrackState):
+            state = TrackState()
+            track.state["ingest"] = state
+            metrics.TRACKS.labels(cam).inc()
+        metrics.FACES.labels(cam).inc()
+        face = track.face
+        state.eyes.add(media_ts, face.left, face.right)
+        now = time.time()
+        box = tuple(int(v) for v in face.box)
+        window = state.eyes.window()
+        out: list[FaceCrop | EyeSample] = [EyeSample(
+            cam, track.id, frame.index, frame.capture_ts, now, box, face.left, face.right,  # type: ignore[arg-type]
+            state.eyes.open_level, window, state.eyes.rate_hz if window else None, self.camera.label,
+        )]
+        state.crops += 1
+        if (state.crops - 1) % self.camera.crop_every == 0:  # type: ignore[operator]
+            if self._shedding:
+                metrics.FRAMES_SHED.labels(cam).inc()
+            else:
+                crop = align_crop(frame.image, face.landmarks, self.camera.crop)  # type: ignore[arg-type]
+                ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, self.camera.crop.jpeg_quality])  # type: ignore[union-attr]
+                if ok:
+                    out.append(FaceCrop(cam, track.id, frame.index, frame.capture_ts, now, box,  # type: ignore[arg-type]
+                                        jpeg.tobytes(), self.camera.label))
+        return out
+
+    def _check_lag(self) -> None:
+        """Shed crops while the face workers lag beyond the bound, instead of growing the stream."""
+        now = time.monotonic()
+        if now < self._next_lag_check or now < self._redis_retry_at:
+            return
+        self._next_lag_check = now + LAG_CHECK_S
+        try:
+            groups = self.redis.xinfo_groups(self.keys.stream(FaceCrop))
+        except redis.ResponseError:
+            groups = []  # stream not created yet
+        except redis.RedisError:
+            return
+        group = self.keys.group("face-workers")
+        lag = next((g.get("lag") for g in groups if g.get("name", b"").decode() == group), None)
+        shedding = lag is not None and lag > self.settings.streams.max_face_lag
+        if shedding != self._shedding:
+            log.warning("%s: face workers lag %s messages; %s crops", self.who, lag, "shedding" if shedding else "resuming")
+        self._shedding = shedding
+
+    def publish(self, messages: list[FaceCrop | EyeSample]) -> None:
+        """XADD every message in one round trip; while Redis is down, count and drop."""
+        cam = self.camera.id
+        now = time.monotonic()
+        if now < self._redis_retry_at:
+            metrics.PUBLISH_ERRORS.labels(cam).inc(len(messages))
+            return
+        maxlen = self.settings.streams.maxlen
+        pipe = self.redis.pipeline(transaction=False)
+        for msg in messages:
+            pipe.xadd(self.keys.stream(msg), msg.to_fields(), maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+        trim = now >= self._next_trim
+        if trim:
+            self._next_trim = now + TRIM_EVERY_S
+            min_id = int((time.time() - self.settings.streams.crop_retention_s) * 1000)
+            pipe.xtrim(self.keys.stream(FaceCrop), minid=min_id, approximate=True)
+        try:
+            pipe.execute()
+        except redis.RedisError as e:
+            metrics.PUBLISH_ERRORS.labels(cam).inc(len(messages))
+            log.warning("%s: Redis write failed (%s); retrying in %.1f s", self.who, type(e).__name__, self._redis_backoff)
+            self._redis_retry_at = now + self._redis_backoff
+            self._redis_backoff = min(self._redis_backoff * 2, 5.0)
+            return
+        if self._redis_backoff > 0.1:
+            log.info("%s: Redis writes resumed", self.who)
+        self._redis_backoff = 0.1
+        for msg in messages:
+            metrics.PUBLISHED.labels(cam, msg.stream).inc()
+
+
+def run_camera(settings: Settings, camera_id: str, fast: bool = False, loop: bool = False,
+               max_frames: int | None = None, metrics_port: int | None = None) -> None:
+    """Entry point of one camera's process: signals stop it cleanly."""
+    camera = settings.camera(camera_id)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    serve(settings.metrics, f"ingest {camera_id}", metrics_port)
+    IngestService(settings, camera, fast, loop, max_frames, stop).start()
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    ids = args.camera or [c.id for c in settings.cameras]
+    if not ids:
+        log.error("ingest: %s defines no cameras", args.config)
+        return 2
+    for cam_id in ids:
+        settings.camera(cam_id)  # unknown ids fail before anything starts
+    if len(ids) == 1:
+        run_camera(settings, ids[0], args.fast, args.loop, args.max_frames)
+        return 0
+    specs = [ProcessSpec(f"ingest:{cam_id}", run_camera, (settings, cam_id, args.fast, args.loop, args.max_frames),
+                         restart=not args.max_frames) for cam_id in ids]
+    return Supervisor(specs).run()

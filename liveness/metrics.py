@@ -1,0 +1,33 @@
+"""Serving Prometheus metrics: each process takes the first free port from the configured one."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import start_http_server
+
+from liveness.config import MetricsSettings
+
+log = logging.getLogger(__name__)
+
+PORT_SPAN = 200
+"""How many ports after the configured one a process may try."""
+
+
+def serve(settings: MetricsSettings, who: str, port: int | None = None) -> int | None:
+    """Start /metrics on ``port`` (or the first free one from ``settings.port``); return the port.
+
+    Returns None when metrics are disabled (port 0).
+    """
+    first = settings.port if port is None else port
+    if first == 0:
+        return None
+    last = first if port is not None else first + PORT_SPAN
+    for candidate in range(first, last + 1):
+        try:
+            start_http_server(candidate, addr=settings.host)
+        except OSError:
+            continue
+        log.info("%s: metrics on http://%s:%d/metrics", who, settings.host, candidate)
+        return candidate
+    raise OSError(f"{who}: no free metrics port in {first}..{last}")

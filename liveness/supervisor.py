@@ -1,0 +1,127 @@
+"""Supervised processes: one per camera or worker, restarted with backoff when they crash.
+
+SIGINT/SIGTERM are passed on to every child, which drains (finishes and acknowledges its
+batch) before it exits; children still alive after ``DRAIN_S`` are killed.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from prometheus_client import Counter
+
+log = logging.getLogger(__name__)
+
+RESTARTS = Counter("liveness_process_restarts_total", "Supervised processes restarted after exiting", ["process"])
+
+DRAIN_S = 15.0
+"""Time children get to finish their batch after SIGTERM, seconds."""
+
+BACKOFF_CAP_S = 30.0
+"""Longest wait before restarting a crashed process, seconds."""
+
+HEALTHY_S = 60.0
+"""A process that ran this long resets its backoff."""
+
+
+@dataclass
+class ProcessSpec:
+    """What to run in a child process, and whether to restart it when it exits."""
+
+    name: str
+    target: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    restart: bool = True
+    process: mp.process.BaseProcess | None = field(default=None, repr=False)
+    started: float = 0.0
+    delay_s: float = 1.0
+    restart_at: float | None = None
+
+
+def _child(target: Callable[..., Any], args: tuple[Any, ...], name: str, level: int) -> None:
+    logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor sends SIGTERM; ^C is for it
+    target(*args)
+
+
+class Supervisor:
+    """Starts the specs, restarts crashed ones with backoff, stops them all on a signal."""
+
+    def __init__(self, specs: list[ProcessSpec]) -> None:
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate process names: {names}")
+        self.specs = specs
+        self._stopping = False
+        self._ctx = mp.get_context("spawn")
+
+    def _start(self, spec: ProcessSpec) -> None:
+        level = logging.getLogger().level
+        spec.process = self._ctx.Process(target=_child, args=(spec.target, spec.args, spec.name, level),
+                                         name=spec.name, daemon=False)
+        spec.process.start()
+        spec.started = time.monotonic()
+        spec.restart_at = None
+        log.info("supervisor: started %s (pid %s)", spec.name, spec.process.pid)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if not self._stopping:
+            log.info("supervisor: %s, draining", signal.Signals(signum).name)
+        self._stopping = True
+
+    def run(self, until: Callable[[], bool] | None = None) -> int:
+        """Run until every non-restarting child is done, a signal arrives, or ``until()`` is true."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        for spec in self.specs:
+            self._start(spec)
+        worst = 0
+        while not self._stopping and not (until and until()):
+            now = time.monotonic()
+            running = 0
+            for spec in self.specs:
+                proc = spec.process
+                assert proc is not None
+                if proc.is_alive():
+                    running += 1
+                    continue
+                if spec.restart_at is None:
+                    code = proc.exitcode or 0
+                    if not spec.restart:
+                        worst = max(worst, abs(code))
+                        continue
+                    if now - spec.started > HEALTHY_S:
+                        spec.delay_s = 1.0
+                    log.warning("supervisor: %s exited with %s; restarting in %.0f s", spec.name, code, spec.delay_s)
+                    spec.restart_at = now + spec.delay_s
+                    spec.delay_s = min(spec.delay_s * 2, BACKOFF_CAP_S)
+                    running += 1
+                elif now >= spec.restart_at:
+                    RESTARTS.labels(spec.name).inc()
+                    self._start(spec)
+                    running += 1
+                else:
+                    running += 1
+            if running == 0:
+                break
+            time.sleep(0.2)
+        self.stop()
+        return worst
+
+    def stop(self) -> None:
+        """SIGTERM every child, wait for them to drain, kill the rest."""
+        alive = [s.process for s in self.specs if s.process is not None and s.process.is_alive()]
+        for proc in alive:
+            proc.terminate()
+        deadline = time.monotonic() + DRAIN_S
+        for proc in alive:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                log.warning("supervisor: %s did not drain in %.0f s, killing", proc.name, DRAIN_S)
+                proc.kill()
+                proc.join(2.0)

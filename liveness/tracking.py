@@ -1,0 +1,118 @@
+"""Per-camera face tracking: detect every N frames, follow faces with landmarks in between.
+
+Shared by ingest and offline evaluation, so a track means the same thing in both.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from liveness.face import Face, FacePipeline
+
+MIN_IOU = 0.3
+"""Overlap with a detection below which a track counts as lost."""
+
+MAX_MISSES = 2
+"""Detection rounds a track may miss before it ends (absorbs a single missed detection)."""
+
+
+def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    w = min(ax + aw, bx + bw) - max(ax, bx)
+    h = min(ay + ah, by + bh) - max(ay, by)
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    return inter / float(aw * ah + bw * bh - inter)
+
+
+@dataclass
+class Track:
+    """A face followed across frames; ``id`` stays while the face stays in view."""
+
+    id: str
+    face: Face
+    first_frame: int
+    frames: int = 1
+    misses: int = 0
+    state: dict[str, object] = field(default_factory=dict)
+
+
+class FaceTracker:
+    """Keeps the faces of one camera; ``update()`` returns the live tracks of a frame."""
+
+    def __init__(self, pipeline: FacePipeline, new_id: Callable[[], str] | None = None) -> None:
+        self.pipeline = pipeline
+        counter = itertools.count(1)
+        self._new_id = new_id or (lambda: f"t{next(counter)}")
+        self.tracks: list[Track] = []
+        self._last_detect = -(10**9)
+        self.ended: list[Track] = []
+
+    def update(self, frame: np.ndarray, index: int) -> list[Track]:
+        """Advance to frame ``index``; ended tracks are left in ``self.ended`` for the caller."""
+        grey = FacePipeline.grey(frame)
+        self.ended = []
+        h, w = grey.shape[:2]
+        detect = not self.tracks or index - self._last_detect >= self.pipeline.detect_settings.every_n_frames
+        followed: list[Track] = []
+        for track in self.tracks:
+            box = _follow_box(track.face)
+            if not _inside(box, w, h):
+                self.ended.append(track)
+                continue
+            track.face = self.pipeline.face(grey, box)
+            track.frames += 1
+            followed.append(track)
+        if detect:
+            self._last_detect = index
+            followed = self._match(grey, followed, index)
+        self.tracks = followed
+        return self.tracks
+
+    def _match(self, grey: np.ndarray, tracks: list[Track], index: int) -> list[Track]:
+        boxes = self.pipeline.detect(grey)
+        unmatched = list(boxes)
+        kept: list[Track] = []
+        for track in sorted(tracks, key=lambda t: -t.frames):
+            best = max(unmatched, key=lambda b: iou(b, _follow_box(track.face)), default=None)
+            if best is not None and iou(best, _follow_box(track.face)) >= MIN_IOU:
+                unmatched.remove(best)
+                track.face = self.pipeline.face(grey, best)
+                track.misses = 0
+                kept.append(track)
+            elif track.misses < MAX_MISSES:
+                track.misses += 1
+                kept.append(track)
+            else:
+                self.ended.append(track)
+        room = self.pipeline.detect_settings.max_faces - len(kept)
+        for box in unmatched[: max(room, 0)]:
+            kept.append(Track(self._new_id(), self.pipeline.face(grey, box), first_frame=index))
+        return kept
+
+
+def _follow_box(face: Face) -> tuple[int, int, int, int]:
+    """Detector-style box for the next frame, from this frame's landmarks.
+
+    The detector's box is about 1.07 times the landmarks' extent and sits slightly higher
+    (measured on NUAA), so the shape predictor sees boxes like the ones it was trained on.
+    """
+    pts = face.landmarks
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    cx, cy = (lo + hi) / 2.0
+    size = float(max(hi - lo))
+    side = 1.07 * size
+    cx, cy = cx + 0.03 * size, cy - 0.08 * size
+    return int(cx - side / 2), int(cy - side / 2), int(side), int(side)
+
+
+def _inside(box: tuple[int, int, int, int], w: int, h: int) -> bool:
+    x, y, bw, bh = box
+    return bw > 10 and x > -bw / 2 and y > -bh / 2 and x + bw / 2 < w and y + bh / 2 < h
+

@@ -1,5 +1,8 @@
 """Defaults shared by every service. Units are in the names."""
 
+import importlib.util
+from pathlib import Path
+
 SCHEMA_VERSION = 1
 """Version of the stream contract; bumped when a field changes meaning."""
 
@@ -17,3 +20,11 @@ CROP_RETENTION_S = 60.0
 
 METRICS_PORT = 9400
 """First port of the Prometheus endpoints; each process takes the next free one from here."""
+
+
+def artifact_path(name: str) -> Path:
+    """Path of a committed model under ``models/artifacts`` (found without importing ``models``)."""
+    spec = importlib.util.find_spec("models")
+    if spec is None or not spec.submodule_search_locations:
+        return Path("models") / "artifacts" / name
+    return Path(next(iter(spec.submodule_search_locations))) / "artifacts" / name

@@ -1,0 +1,146 @@
+"""Ingest against a real RTSP server (GStreamer) and real Redis, as real processes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import cv2
+import redis
+import yaml
+
+from liveness.contract import EyeSample, FaceCrop, Keys
+from tests.conftest import REDIS_URL, RtspServer, free_port, liveness_cmd, wait_for
+
+
+def write_config(tmp_path: Path, prefix: str, cameras: list[dict], metrics_port: int = 0) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "prefix": prefix,
+        "redis": {"url": REDIS_URL},
+        "metrics": {"port": metrics_port, "host": "127.0.0.1"},
+        "cameras": cameras,
+    }))
+    return path
+
+
+def start_ingest(config: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(liveness_cmd("ingest", "--config", str(config), *extra),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    return out
+
+
+def read_all(r: redis.Redis, stream: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    return r.xrange(stream)
+
+
+def metric(port: int, name: str) -> float:
+    """Sum of the samples starting with ``name``; 0 while the endpoint is not up yet."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_rtsp_camera_publishes_crops_and_eye_windows(rtsp: RtspServer, r: redis.Redis, prefix: str,
+                                                     tmp_path: Path) -> None:
+    url = rtsp.url("live").replace("rtsp://", "rtsp://admin:hunter2@")
+    config = write_config(tmp_path, prefix, [{"id": "door", "source": url, "label": "live"}])
+    proc = start_ingest(config)
+    keys = Keys(prefix)
+    try:
+        wait_for(lambda: r.xlen(keys.stream(EyeSample)) >= 60, timeout_s=60)
+    finally:
+        out = stop(proc)
+    assert "hunter2" not in out and "admin" not in out
+    eyes = [EyeSample.from_fields(f) for _, f in read_all(r, keys.stream(EyeSample))]
+    crops = [FaceCrop.from_fields(f) for _, f in read_all(r, keys.stream(FaceCrop))]
+    assert {e.camera for e in eyes} == {"door"} and {e.label for e in eyes} == {"live"}
+    assert len({e.track for e in eyes}) == 1, "one face keeps one track id"
+    assert crops and {c.track for c in crops} == {eyes[0].track}
+    assert np.std([e.left for e in eyes]) > 0.005, "a live face's eye ratio moves"
+    assert any(e.window is not None and len(e.window) == 10 for e in eyes)
+    frames = [e.frame for e in eyes]
+    assert frames == sorted(frames)
+    assert all(abs(e.capture_ts - time.time()) < 120 for e in eyes)
+    img = cv2.imdecode(np.frombuffer(crops[0].jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert img.shape == (112, 112, 3)
+    assert r.ttl(keys.stream(FaceCrop)) == -1 and r.xlen(keys.stream(FaceCrop)) <= 10_100
+
+
+def test_reconnects_after_rtsp_server_restart(rtsp: RtspServer, r: redis.Redis, prefix: str, tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path, prefix, [{"id": "door", "source": rtsp.url("live"), "read_timeout_s": 2.0}],
+                          metrics_port=port)
+    proc = start_ingest(config)
+    keys = Keys(prefix)
+    try:
+        wait_for(lambda: r.xlen(keys.stream(EyeSample)) >= 10, timeout_s=60)
+        rtsp.stop()
+        time.sleep(3)
+        before = r.xlen(keys.stream(EyeSample))
+        rtsp.start()
+        wait_for(lambda: r.xlen(keys.stream(EyeSample)) >= before + 20, timeout_s=90)
+        assert metric(port, "liveness_camera_reconnects_total") >= 1
+        assert metric(port, 'liveness_camera_up{camera="door"}') == 1
+        assert proc.poll() is None
+    finally:
+        stop(proc)
+
+
+def test_two_cameras_publish_distinct_tracks(rtsp: RtspServer, r: redis.Redis, prefix: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path, prefix, [
+        {"id": "cam-a", "source": rtsp.url("live"), "label": "live"},
+        {"id": "cam-b", "source": rtsp.url("photo"), "label": "spoof"},
+    ])
+    proc = start_ingest(config)
+    keys = Keys(prefix)
+
+    def both() -> bool:
+        cams = {EyeSample.from_fields(f).camera for _, f in r.xrevrange(keys.stream(EyeSample), count=200)}
+        return cams == {"cam-a", "cam-b"}
+
+    try:
+        wait_for(both, timeout_s=90)
+    finally:
+        stop(proc)
+    eyes = [EyeSample.from_fields(f) for _, f in read_all(r, keys.stream(EyeSample))]
+    tracks = {cam: {e.track for e in eyes if e.camera == cam} for cam in ("cam-a", "cam-b")}
+    assert tracks["cam-a"] and tracks["cam-b"] and not tracks["cam-a"] & tracks["cam-b"]
+    assert {e.label for e in eyes if e.camera == "cam-b"} == {"spoof"}
+
+
+def test_unreachable_source_is_retried_with_a_clear_log(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
+    port = free_port()
+    dead = f"rtsp://admin:hunter2@127.0.0.1:{free_port()}/nothing"
+    config = write_config(tmp_path, prefix, [{"id": "gate", "source": dead, "open_timeout_s": 1.0}], metrics_port=port)
+    proc = start_ingest(config)
+    try:
+        wait_for(lambda: metric(port, 'liveness_camera_errors_total{camera="gate",kind="open"}') >= 2, timeout_s=40)
+        assert proc.poll() is None, "ingest keeps retrying instead of exiting"
+    finally:
+        out = stop(proc)
+    assert "camera gate: cannot open rtsp://***@127.0.0.1" in out
+    assert "hunter2" not in out and "Traceback" not in out
+
+
+def test_invalid_config_and_unknown_camera(tmp_path: Path, prefix: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cameras:\n  - {id: door, source: x, max_fps: fast}\n")
+    res = subprocess.run(liveness_cmd("ingest", "--config", str(bad)), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert str(bad) in res.stderr and "cameras.0.max_fps" in res.stderr and "Traceback" not in res.stderr
+    config = write_config(tmp_path, prefix, [{"id": "door", "source": "x.mp4"}])
+    res = subprocess.run(liveness_cmd("ingest", "--config", str(config), "--camera", "gate"),
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "unknown camera id 'gate' (known: door)" in res.stderr

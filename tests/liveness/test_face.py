@@ -1,0 +1,59 @@
+"""The face pipeline on real NUAA frames."""
+
+import cv2
+import numpy as np
+
+from liveness.config import CropSettings
+from liveness.eyes import EyeHistory
+from liveness.face import FacePipeline, align_crop, eye_ratios
+from liveness.tracking import FaceTracker
+from tests.conftest import nuaa_sequence
+
+
+def test_eye_ratio_is_height_over_width() -> None:
+    pts = np.zeros((68, 2), np.float32)
+    # image-left eye: corners 36 and 39 are 30 px apart; lids 37-41 and 38-40 are 6 and 10 px apart
+    pts[36], pts[39] = (0, 0), (30, 0)
+    pts[37], pts[41] = (10, -3), (10, 3)
+    pts[38], pts[40] = (20, -5), (20, 5)
+    pts[42], pts[45] = (50, 0), (70, 0)
+    pts[43], pts[47] = (55, -2), (55, 2)
+    pts[44], pts[46] = (65, -2), (65, 2)
+    left, right = eye_ratios(pts)
+    assert abs(left - 8 / 30) < 1e-6 and abs(right - 4 / 20) < 1e-6
+
+
+def test_detects_landmarks_and_crops_a_real_face() -> None:
+    frame = cv2.imread(str(nuaa_sequence("ClientRaw/0001_00_00_01")[0]))
+    pipe = FacePipeline()
+    faces = pipe.analyze(frame)
+    assert len(faces) == 1
+    face = faces[0]
+    assert 0.15 < face.left < 0.45 and 0.15 < face.right < 0.45
+    crop = align_crop(frame, face.landmarks, CropSettings(size=96, scale=2.0))
+    assert crop.shape == (96, 96, 3)
+    # aligned: the eyes of the crop lie on one row, in its upper half
+    faces_in_crop = pipe.analyze(cv2.resize(crop, (384, 384)))
+    if faces_in_crop:
+        pts = faces_in_crop[0].landmarks
+        left_eye, right_eye = pts[36:42].mean(0), pts[42:48].mean(0)
+        assert abs(left_eye[1] - right_eye[1]) < 12
+
+
+def test_one_face_keeps_one_track_and_eyes_move() -> None:
+    pipe = FacePipeline()
+    tracker = FaceTracker(pipe)
+    ids: set[str] = set()
+    history = EyeHistory()
+    ratios = []
+    for i, path in enumerate(nuaa_sequence("ClientRaw/0001_00_00_01")[:60]):
+        tracks = tracker.update(cv2.imread(str(path)), i)
+        for t in tracks:
+            ids.add(t.id)
+            history.add(i / 15, t.face.left, t.face.right)
+            ratios.append(t.face.left)
+    assert len(ids) == 1
+    assert len(ratios) >= 55
+    assert np.std(ratios) > 0.005
+    window = history.window()
+    assert window is not None and len(window) == 10

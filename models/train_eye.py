@@ -54,6 +54,12 @@ FPS_CHECKS = (5.0, 15.0, 30.0)
 LOGIT_CLIP = 1e-3
 """Window probabilities are clipped to [c, 1 - c] before log-odds, so one window weighs at most ~7 nats."""
 
+SEQUENCE_QUANTILE = 0.25
+"""A track's eye score is this quantile of its window scores: the live evidence of its blinking
+quarter. Unlike the minimum it does not fall as a track gets longer (NUAA's live sequences are
+five times longer than its session-02 attacks), and unlike the mean it is not drowned by the
+many windows between blinks; it beat both on cross-session sequence AUC."""
+
 SEED_CLAIMED_ACCURACY = 0.933
 """Test accuracy the original project claims for its KNN on its own CSV."""
 
@@ -106,10 +112,17 @@ def logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def sequence_scores(scores: np.ndarray, seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(sequence indices, mean window log-odds)``: one evidence value per track, length-neutral."""
+AGGREGATES: dict[str, Callable[[np.ndarray], float]] = {
+    "quantile": lambda v: float(np.quantile(v, SEQUENCE_QUANTILE)),
+    "mean_logit": lambda v: float(logit(v).mean()),
+}
+"""Ways to turn a track's window scores into one; ``quantile`` is what the model card's threshold is for."""
+
+
+def sequence_scores(scores: np.ndarray, seq: np.ndarray, agg: str = "quantile") -> tuple[np.ndarray, np.ndarray]:
+    """``(sequence indices, one score per sequence)``, higher = attack."""
     ids = np.unique(seq)
-    return ids, np.array([logit(scores[seq == i]).mean() for i in ids])
+    return ids, np.array([AGGREGATES[agg](scores[seq == i]) for i in ids])
 
 
 def eer_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -125,15 +138,18 @@ def figures(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[st
             "eer": eer(labels, scores), "threshold": threshold, "n": int(len(labels))}
 
 
-def inner_thresholds(name: str, seed: int, w: Windows, tracks: list[EyeTrack]) -> tuple[float, float]:
-    """Window and sequence thresholds from subject-grouped out-of-fold scores of the training data."""
+def inner_thresholds(name: str, seed: int, w: Windows, tracks: list[EyeTrack]) -> tuple[float, float, float]:
+    """Window, sequence (quantile) and sequence (mean log-odds) thresholds from subject-grouped
+    out-of-fold scores of the training data."""
     groups = np.array([tracks[i].subject or tracks[i].name for i in w.seq])
     n = min(3, len(np.unique(groups)))
     oof = np.zeros(len(w.y))
     for tr, va in GroupKFold(n_splits=n).split(w.x, w.y, groups):
         oof[va] = spoof_scores(fit(name, seed, w.x[tr], w.y[tr]), name, w.x[va])
     ids, seq_s = sequence_scores(oof, w.seq)
-    return eer_threshold(w.y, oof), eer_threshold(np.array([tracks[i].spoof for i in ids]), seq_s)
+    seq_y = np.array([tracks[i].spoof for i in ids])
+    return (eer_threshold(w.y, oof), eer_threshold(seq_y, seq_s),
+            eer_threshold(seq_y, sequence_scores(oof, w.seq, "mean_logit")[1]))
 
 
 def folds(tracks: list[EyeTrack]) -> list[tuple[str, list[int], list[int]]]:
@@ -163,14 +179,17 @@ def validate(name: str, seed: int, tracks: list[EyeTrack]) -> dict[str, object]:
     for title, tr_idx, va_idx in folds(tracks):
         tr_tracks, tr_w = _subset(tracks, tr_idx)
         pipe = fit(name, seed, tr_w.x, tr_w.y)
-        w_th, s_th = inner_thresholds(name, seed, tr_w, tr_tracks)
+        inner = inner_thresholds(name, seed, tr_w, tr_tracks)
+        w_th, s_th = inner[:2]
         fold: dict[str, object] = {"fold": title, "window_threshold": w_th, "sequence_threshold": s_th}
         for fps in FPS_CHECKS:
             va_tracks, va_w = _subset(tracks, va_idx, fps)
             s = spoof_scores(pipe, name, va_w.x)
             ids, seq_s = sequence_scores(s, va_w.seq)
             seq_y = np.array([va_tracks[i].spoof for i in ids])
-            fold[f"{fps:g}fps"] = {"window": figures(va_w.y, s, w_th), "sequence": figures(seq_y, seq_s, s_th)}
+            fold[f"{fps:g}fps"] = {"window": figures(va_w.y, s, w_th), "sequence": figures(seq_y, seq_s, s_th),
+                                   "sequence_mean_logit": figures(seq_y, sequence_scores(s, va_w.seq, "mean_logit")[1],
+                                                                  inner[2])}
             if fps == 15.0:
                 pooled["y"].append(va_w.y)
                 pooled["s"].append(s)
@@ -188,7 +207,7 @@ def _summary(fold_list: list[dict]) -> dict[str, dict[str, float]]:
     """Mean over folds of ACER and AUC, per replay rate and level."""
     return {f"{fps:g}fps {lvl}": {k: float(np.mean([f[f"{fps:g}fps"][lvl][k] for f in fold_list]))
                                   for k in ("acer", "auc", "apcer", "bpcer")}
-            for fps in FPS_CHECKS for lvl in ("window", "sequence")}
+            for fps in FPS_CHECKS for lvl in ("window", "sequence", "sequence_mean_logit")}
 
 
 def rate_baseline(tracks: list[EyeTrack], gaps: dict[str, float]) -> dict[str, object]:
@@ -231,8 +250,8 @@ def export(name: str, seed: int, tracks: list[EyeTrack], val: dict[str, object],
         "liveness.window_size": str(EYE_WINDOW),
         "liveness.open_level_frames": str(OPEN_LEVEL_FRAMES),
         "liveness.features": ",".join(("raw20",) if MODELS[name][0] else FEATURES),
-        "liveness.sequence_aggregate": f"mean of log(p/(1-p)) over the track's windows, p clipped to [{LOGIT_CLIP:g}, {1 - LOGIT_CLIP:g}]",
-        "liveness.logit_clip": repr(LOGIT_CLIP),
+        "liveness.sequence_aggregate": f"quantile {SEQUENCE_QUANTILE:g} of the spoof scores of the track's windows",
+        "liveness.sequence_quantile": repr(SEQUENCE_QUANTILE),
         "liveness.sequence_threshold": repr(float(val["pooled_sequence_threshold"])),  # type: ignore[arg-type]
         "liveness.trained_on": f"{len(tracks)} sequences, {len(w.y)} windows",
     }
@@ -336,7 +355,7 @@ def _print(report: dict[str, object]) -> None:
         return
     for name, res in report["validation"].items():  # type: ignore[union-attr]
         for k, v in res["summary"].items():
-            print(f"{name:7s} {k:16s} ACER {v['acer']:.3f}  AUC {v['auc']:.3f}  APCER {v['apcer']:.3f}  BPCER {v['bpcer']:.3f}")
+            print(f"{name:7s} {k:26s} ACER {v['acer']:.3f}  AUC {v['auc']:.3f}  APCER {v['apcer']:.3f}  BPCER {v['bpcer']:.3f}")
     if "frame_spacing_only_baseline" in report:
         b = report["frame_spacing_only_baseline"]
         print(f"frame-spacing-only baseline (sequence): ACER {b['acer']:.3f} AUC {b['auc']:.3f}")  # type: ignore[index]

@@ -53,6 +53,15 @@ def _train_face(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--limit", type=int, default=None, help="use at most N crops (smoke runs)")
+    p.add_argument("--val-session", default=None,
+                   help="validate on this session only and ship that fold (default: both folds, then all data)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds for the cross-session figures")
+    p.add_argument("--norm", choices=["crop", "fixed"], default="crop", help="input normalisation")
+    p.add_argument("--no-dog", action="store_true", help="no difference-of-Gaussians channel")
+    p.add_argument("--no-photometric", action="store_true", help="no lighting augmentation")
+    p.add_argument("--synthetic", type=float, default=0.0, help="fraction of live crops made synthetic attacks")
+    p.add_argument("--no-export", action="store_true", help="figures only (experiments)")
+    p.add_argument("--report", metavar="FILE.json", help="write the per-fold figures here")
 
 
 def _train_eye(p: argparse.ArgumentParser) -> None:
@@ -84,6 +93,7 @@ def _bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=float, default=10.0)
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--model", help="face/eye: ONNX file (default: the committed artifact)")
     _config(p)
 
 

@@ -1,0 +1,82 @@
+"""``liveness bench``: benchmarks that print one JSON object.
+
+Timings are relative to a reference measured in the same run (a single-threaded numpy
+float32 1000x1000 matmul), so figures from different machines can be compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from liveness.defaults import artifact_path
+from liveness.errors import LivenessError
+
+REF_SIDE = 1000
+"""Side of the reference float32 matmul."""
+
+
+def _median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times)
+
+
+def reference_ms(repeats: int = 15) -> tuple[float, list[dict[str, Any]]]:
+    """Median ms of one 1000x1000 float32 matmul with BLAS limited to one thread.
+
+    Returns the time and threadpoolctl's view of the BLAS pools during the measurement, so a
+    reader can check it really ran on one thread; LivenessError if a pool did not comply.
+    """
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((REF_SIDE, REF_SIDE), dtype=np.float32)
+    b = rng.standard_normal((REF_SIDE, REF_SIDE), dtype=np.float32)
+    with threadpool_limits(limits=1):
+        pools = [{"api": p["internal_api"], "num_threads": p["num_threads"]} for p in threadpool_info()]
+        if any(p["num_threads"] != 1 for p in pools):
+            raise LivenessError(f"bench: could not limit BLAS to one thread: {pools}")
+        ms = _median_ms(lambda: a @ b, repeats)
+    return ms, pools
+
+
+def bench_face(args: argparse.Namespace) -> dict[str, Any]:
+    """ms per face of the face model on one onnxruntime thread, at batch 1 and 32."""
+    from workers.runners import OnnxModel
+
+    model = OnnxModel(getattr(args, "model", None) or artifact_path("face.onnx"), threads=1)
+    rng = np.random.default_rng(0)
+    b1 = rng.integers(0, 256, (1, *model.input_shape)).astype(np.float32)
+    b32 = rng.integers(0, 256, (32, *model.input_shape)).astype(np.float32)
+    ref, pools = reference_ms()
+    ms_b1 = _median_ms(lambda: model.predict(b1), 200, warmup=10)
+    ms_b32 = _median_ms(lambda: model.predict(b32), 40) / 32.0
+    return {"what": "face", "model": model.name, "version": model.version, "threads": 1,
+            "ms_b1": round(ms_b1, 4), "ms_b32": round(ms_b32, 4), "ref_ms": round(ref, 3),
+            "ratio_b1": round(ms_b1 / ref, 4), "ratio_b32": round(ms_b32 / ref, 4), "blas": pools}
+
+
+BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "face": bench_face,
+}
+"""What -> its benchmark; each returns one JSON-ready dict."""
+
+
+def run(args: argparse.Namespace) -> int:
+    bench = BENCHES.get(args.what)
+    if bench is None:
+        raise LivenessError(f"bench {args.what}: not implemented yet (available: {', '.join(sorted(BENCHES))})")
+    result = bench(args)
+    print(json.dumps(result) if args.json else "\n".join(f"{k:>10}  {v}" for k, v in result.items()))
+    return 0

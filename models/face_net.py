@@ -1,0 +1,128 @@
+"""The face liveness network: input normalisation inside the model, then a small ResNet.
+
+The model takes what the worker has after decoding a crop: BGR, float, 0..255, NCHW,
+112x112. Everything else (per-crop normalisation, the high-frequency channel) is part of
+the graph, so the worker cannot get it subtly wrong and the ONNX file is the whole model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+INPUT_SIZE = 112
+"""Side of the square crop the model takes (the ingest crop size)."""
+
+INPUT_FORMAT = "BGR float32 NCHW 1x3x112x112 (any batch), values 0..255, crop size 112 scale 2.0"
+"""Stored as ``liveness.input`` in the ONNX metadata."""
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """What the experiments vary; saved in the ONNX metadata so a model says how it was built."""
+
+    norm: str = "crop"
+    """'crop': per-crop, per-channel standardisation; 'fixed': x / 255 - 0.5 (lighting kept)."""
+    dog: bool = True
+    """Add a grey difference-of-Gaussians channel, standardised per crop (print texture)."""
+    widths: tuple[int, ...] = (16, 24, 32, 64)
+    dropout: float = 0.2
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _gaussian(sigma: float, size: int) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2.0
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+class Preprocess(nn.Module):
+    """BGR 0..255 -> standardised channels (+ a DoG channel); fixed weights, no training."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("grey_w", torch.tensor([0.114, 0.587, 0.299]).view(1, 3, 1, 1))
+        self.register_buffer("g1", _gaussian(0.8, 5))
+        self.register_buffer("g2", _gaussian(2.0, 9))
+
+    @property
+    def channels(self) -> int:
+        return 3 + int(self.cfg.dog)
+
+    @staticmethod
+    def _standardise(x: torch.Tensor, eps: float) -> torch.Tensor:
+        """Zero mean, unit spread per crop and channel: removes brightness, contrast, colour cast."""
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        std = ((x - mean) ** 2).mean(dim=(2, 3), keepdim=True).sqrt()
+        return (x - mean) / (std + eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.norm == "crop":
+            out = self._standardise(x, 4.0)
+        else:
+            out = x / 255.0 - 0.5
+        if not self.cfg.dog:
+            return out
+        grey = (x * self.grey_w).sum(dim=1, keepdim=True)
+        dog = F.conv2d(grey, self.g1, padding=2) - F.conv2d(grey, self.g2, padding=4)
+        return torch.cat([out, self._standardise(dog, 0.5)], dim=1)
+
+
+class Block(nn.Module):
+    """ResNet basic block; stride 2 halves the map and the shortcut follows with a 1x1 conv."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(cout)
+        self.short = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                      if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.b1(self.c1(x)))
+        return F.relu(self.b2(self.c2(y)) + self.short(x))
+
+
+class FaceNet(nn.Module):
+    """Spoof logit of a 112x112 crop: a stride-2 stem, then one block per width, each stride 2."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.pre = Preprocess(cfg)
+        w = cfg.widths
+        self.stem = nn.Sequential(nn.Conv2d(self.pre.channels, w[0], 3, 2, 1, bias=False), nn.BatchNorm2d(w[0]),
+                                  nn.ReLU())
+        self.blocks = nn.Sequential(*[Block(a, b, 2) for a, b in zip(w[:-1], w[1:])])
+        self.drop = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(w[-1], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.blocks(self.stem(self.pre(x)))
+        return self.fc(self.drop(y.mean(dim=(2, 3)))).squeeze(1)
+
+
+class SpoofProbability(nn.Module):
+    """What is exported: the network followed by a sigmoid, output (N,) in [0, 1]."""
+
+    def __init__(self, net: FaceNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(x))
+
+
+def to_input(crops: np.ndarray) -> np.ndarray:
+    """(N, 112, 112, 3) uint8 BGR crops -> the model input; the worker does exactly this."""
+    return np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32)

@@ -1,0 +1,43 @@
+"""Face training end to end on a few hundred real NUAA crops, and the ONNX export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from liveness.cli import main
+from tests.conftest import NUAA
+from workers.runners import OnnxModel
+
+torch = pytest.importorskip("torch")
+
+
+def test_train_face_cli_exports_a_loadable_model(tmp_path: Path) -> None:
+    out = tmp_path / "face.onnx"
+    report = tmp_path / "report.json"
+    rc = main(["train", "face", "--root", str(NUAA), "--limit", "300", "--epochs", "1", "--val-session", "02",
+               "--out", str(out), "--report", str(report)])
+    assert rc == 0 and out.is_file() and report.is_file()
+    model = OnnxModel(out)
+    assert model.name and model.version and 0.0 < model.threshold < 1.0
+    assert "112" in model.metadata["liveness.input"]
+    scores = model.predict(np.random.default_rng(0).integers(0, 256, (5, 112, 112, 3), dtype=np.uint8))
+    assert scores.shape == (5,) and ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_onnx_agrees_with_torch_on_real_crops(tmp_path: Path) -> None:
+    from models.face_augment import AugmentConfig
+    from models.face_data import face_crops
+    from models.face_net import NetConfig
+    from models.train_face import export_onnx, predict, train_one
+
+    data = face_crops("nuaa", NUAA, "all", limit=300)
+    data = data.subset(data.has_face)
+    assert 250 <= len(data.labels) <= 300 and set(data.labels.tolist()) == {0, 1}
+    model, _, _ = train_one(data, None, NetConfig(), AugmentConfig(synthetic=0.3), seed=0, epochs=1)
+    out = tmp_path / "face.onnx"
+    export_onnx(model, out, 0.5, {}, data.crops[:4])
+    crops = data.crops[::4]
+    np.testing.assert_allclose(OnnxModel(out).predict(crops), predict(model, crops), atol=1e-5)

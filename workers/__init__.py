@@ -1,0 +1,1 @@
+"""Model workers: consume crops or eye windows from Redis and write scores."""

@@ -1,0 +1,105 @@
+"""ONNX model runners: load a committed model safely and score batches with onnxruntime.
+
+The checks run once, at load, so a wrong or broken file fails at start-up with a clear
+ModelError instead of on the first message. ``models/`` writes the files; this module
+never imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from liveness.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+MAX_MODEL_BYTES = 50 * 1024 * 1024
+"""Largest ONNX file accepted, bytes: our models are a few MB; more means a wrong file."""
+
+FACE_INPUT_SHAPE = (3, 112, 112)
+"""Shape of one face-model input sample: BGR, channels first, the ingest crop size."""
+
+
+class OnnxModel:
+    """One ONNX model with a single input and a single output, and its ``liveness.*`` metadata.
+
+    Args:
+        path: the ONNX file.
+        threads: onnxruntime intra-op threads (1 suits many workers per machine).
+        input_shape: expected shape of one sample (without the batch axis); a model whose
+            input does not fit is refused.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], threads: int = 1,
+                 input_shape: tuple[int, ...] = FACE_INPUT_SHAPE) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelError(f"{self.path}: model file not found")
+        size = self.path.stat().st_size
+        if size > MAX_MODEL_BYTES:
+            raise ModelError(f"{self.path}: {size} bytes, larger than the {MAX_MODEL_BYTES} accepted")
+        if threads < 1:
+            raise ModelError(f"threads must be >= 1, got {threads}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises several private types for a bad file
+            raise ModelError(f"{self.path}: not a loadable ONNX model: {e}") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelError(f"{self.path}: expected 1 input and 1 output, got {len(inputs)} and {len(outputs)}")
+        dims = inputs[0].shape
+        fits = len(dims) == len(input_shape) + 1 and all(
+            not isinstance(d, int) or d == want for d, want in zip(dims[1:], input_shape))
+        if not fits:
+            raise ModelError(f"{self.path}: input shape {dims} does not fit the expected (batch, "
+                             f"{', '.join(map(str, input_shape))})")
+        self.input_name = inputs[0].name
+        self.input_shape = tuple(input_shape)
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.name = self.metadata.get("liveness.name", self.path.stem)
+        self.version = self.metadata.get("liveness.version", "0")
+        self.input_format = self.metadata.get("liveness.input", "")
+        try:
+            self.threshold = float(self.metadata["liveness.threshold"])
+        except KeyError:
+            raise ModelError(f"{self.path}: metadata 'liveness.threshold' missing (was it exported by models/?)") from None
+        except ValueError:
+            raise ModelError(f"{self.path}: metadata 'liveness.threshold' is not a number") from None
+        # Warm up: the first run allocates and plans; doing it here keeps it off the first batch.
+        self.predict(np.zeros((1, *self.input_shape), np.float32))
+        log.info("model %s v%s loaded from %s (threshold %.4f, %d thread(s))",
+                 self.name, self.version, self.path, self.threshold, threads)
+
+    def _layout(self, batch: np.ndarray) -> np.ndarray:
+        """The batch in the model's layout; channels-last images (as OpenCV decodes) are transposed."""
+        if batch.shape[1:] == self.input_shape:
+            return batch
+        shape = self.input_shape
+        if batch.ndim == 4 and len(shape) == 3 and batch.shape[1:] == (shape[1], shape[2], shape[0]):
+            return batch.transpose(0, 3, 1, 2)
+        raise ModelError(f"batch shape {batch.shape} does not fit the model input (N, {', '.join(map(str, shape))})")
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """One score per sample, shape (N,), float32.
+
+        Face model: ``batch`` is BGR crops, 0..255, either (N, 3, 112, 112) or (N, 112, 112, 3)
+        uint8/float; the model normalises them itself.
+        """
+        batch = np.asarray(batch)
+        if batch.ndim == len(self.input_shape):
+            batch = batch[None]
+        x = np.ascontiguousarray(self._layout(batch), dtype=np.float32)
+        if not len(x):
+            return np.zeros(0, np.float32)
+        out = self.session.run(None, {self.input_name: x})[0]
+        return np.asarray(out, np.float32).reshape(len(x), -1)[:, 0]

@@ -104,6 +104,10 @@ class LatestFrameReader:
     def failed(self) -> bool:
         return self._failed
 
+    def ready(self) -> bool:
+        """True when a frame is waiting, so writes can be batched with the next one."""
+        return self._frame is not None
+
     def close(self) -> None:
         self._cap.release()
         self._thread.join(timeout=2.0)
@@ -139,6 +143,10 @@ class FileReader:
     @property
     def failed(self) -> bool:
         return self._failed
+
+    def ready(self) -> bool:
+        """True when the next frame is due now (always, with ``fast``)."""
+        return self._fast or time.monotonic() >= self._start + self._index / self.fps
 
     def close(self) -> None:
         self._cap.release()

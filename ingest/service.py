@@ -39,6 +39,15 @@ LAG_CHECK_S = 0.5
 TRIM_EVERY_S = 1.0
 """How often ingest trims face crops older than the retention, seconds."""
 
+OUTBOX_MAX = 64
+"""Messages held before a write to Redis is forced."""
+
+OUTBOX_MAX_AGE_S = 0.02
+"""Longest a message waits for company when frames arrive faster than Redis round trips.
+
+Messages go out as soon as no frame is waiting, so at camera rates every frame is flushed
+at once and batching only happens when ingest is behind (or a file plays with --fast)."""
+
 
 @dataclass
 class TrackState:
@@ -62,7 +71,13 @@ class IngestService:
         self.keys = Keys(settings.prefix)
         self.who = f"ingest {camera.id}"
         self.frames = 0
+        self.frames_read = 0
         self._last_media_ts = -1e9
+        self._outbox: list[FaceCrop | EyeSample] = []
+        self._outbox_since = 0.0
+        self.capture_started = 0.0
+        self._media_offset = 0.0
+        self._media_end = 0.0
         self._shedding = False
         self._next_lag_check = 0.0
         self._next_trim = 0.0
@@ -90,6 +105,7 @@ class IngestService:
         """Open the source, read until it fails, reopen with capped exponential backoff."""
         delay = 0.5
         cam = self.camera.id
+        self.capture_started = time.perf_counter()
         while not self.stop.is_set():
             try:
                 cap = open_capture(self.camera)
@@ -103,7 +119,9 @@ class IngestService:
             reader = LatestFrameReader(cap, cam) if live else FileReader(cap, self.fast)
             metrics.CAMERA_UP.labels(cam).set(1)
             got = self.read_frames(reader, live)
+            self.flush()
             reader.close()
+            self._media_offset = self._media_end
             metrics.CAMERA_UP.labels(cam).set(0)
             if self.stop.is_set() or self._done():
                 return
@@ -119,7 +137,7 @@ class IngestService:
                 delay = min(delay * 2, RECONNECT_CAP_S)
 
     def _done(self) -> bool:
-        return self.max_frames is not None and self.frames >= self.max_frames
+        return self.max_frames is not None and self.frames_read >= self.max_frames
 
     def read_frames(self, reader: LatestFrameReader | FileReader, live: bool) -> int:
         """Process frames until the source fails or we are stopped; returns frames processed."""
@@ -140,17 +158,24 @@ class IngestService:
                     return got
                 continue
             last_frame = time.monotonic()
+            self.frames_read += 1
             metrics.FRAMES_READ.labels(cam).inc(1 + reader.overwritten)
             metrics.FRAMES_SKIPPED.labels(cam).inc(reader.overwritten)
             reader.overwritten = 0
-            media_ts = frame.capture_ts if live else frame.index / reader.fps  # type: ignore[union-attr]
+            # files: time in the video, continued across loops, so --fast and --loop keep eye timing
+            media_ts = frame.capture_ts if live else self._media_offset + frame.index / reader.fps  # type: ignore[union-attr]
             if media_ts - self._last_media_ts < 1.0 / self.camera.max_fps - 1e-3:
                 metrics.FRAMES_SKIPPED.labels(cam).inc()
                 continue
             self._last_media_ts = media_ts
+            if not live:
+                self._media_end = media_ts + 1.0 / reader.fps  # type: ignore[union-attr]
             metrics.STAGE_SECONDS.labels(cam, "decode").observe(time.perf_counter() - t0)
             self.process(frame, media_ts)
             got += 1
+            if not reader.ready() or len(self._outbox) >= OUTBOX_MAX or \
+                    time.monotonic() - self._outbox_since >= OUTBOX_MAX_AGE_S:
+                self.flush()
             now = time.monotonic()
             fps_window.append(now)
             while fps_window and fps_window[0] < now - 5.0:
@@ -165,7 +190,7 @@ class IngestService:
         if frame.image.ndim != 3 or frame.image.shape[0] < 32 or frame.image.shape[1] < 32:
             metrics.SOURCE_ERRORS.labels(cam, "corrupt").inc()
             return
-        tracks = self.tracker.update(frame.image, frame.index)
+        tracks = self.tracker.update(frame.image, self.frames)
         t1 = time.perf_counter()
         metrics.STAGE_SECONDS.labels(cam, "track").observe(t1 - t0)
         self.frames += 1
@@ -177,10 +202,10 @@ class IngestService:
         messages: list[FaceCrop | EyeSample] = []
         for track in tracks:
             messages.extend(self._messages(track, frame, media_ts))
-        t2 = time.perf_counter()
-        metrics.STAGE_SECONDS.labels(cam, "crop").observe(t2 - t1)
-        self.publish(messages)
-        metrics.STAGE_SECONDS.labels(cam, "publish").observe(time.perf_counter() - t2)
+        metrics.STAGE_SECONDS.labels(cam, "crop").observe(time.perf_counter() - t1)
+        if not self._outbox:
+            self._outbox_since = time.monotonic()
+        self._outbox.extend(messages)
 
     def _messages(self, track: Track, frame: Frame, media_ts: float) -> list[FaceCrop | EyeSample]:
         cam = self.camera.id
@@ -230,8 +255,16 @@ class IngestService:
             log.warning("%s: face workers lag %s messages; %s crops", self.who, lag, "shedding" if shedding else "resuming")
         self._shedding = shedding
 
-    def publish(self, messages: list[FaceCrop | EyeSample]) -> None:
-        """XADD every message in one round trip; while Redis is down, count and drop."""
+    def flush(self) -> None:
+        """XADD every waiting message in one round trip; while Redis is down, count and drop."""
+        messages, self._outbox = self._outbox, []
+        if not messages:
+            return
+        t0 = time.perf_counter()
+        self._publish(messages)
+        metrics.STAGE_SECONDS.labels(self.camera.id, "publish").observe(time.perf_counter() - t0)
+
+    def _publish(self, messages: list[FaceCrop | EyeSample]) -> None:
         cam = self.camera.id
         now = time.monotonic()
         if now < self._redis_retry_at:

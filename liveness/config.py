@@ -56,7 +56,7 @@ class CropSettings(Section):
 
 
 class DetectSettings(Section):
-    every_n_frames: int = Field(5, ge=1, description="Run the face detector every N frames")
+    every_n_frames: int = Field(8, ge=1, description="Run the face detector every N processed frames")
     scale: float = Field(0.5, gt=0.1, le=1.0, description="Downscale of the grey frame before detection")
     upsample: int = Field(0, ge=0, le=2, description="dlib HOG upsampling steps")
     min_face_px: int = Field(60, ge=20, description="Ignore faces smaller than this in the full frame")
@@ -64,7 +64,7 @@ class DetectSettings(Section):
 
 
 class CameraDefaults(Section):
-    max_fps: float = Field(15.0, gt=0, le=120, description="Frames per second processed at most")
+    max_fps: float = Field(10.0, gt=0, le=120, description="Frames per second processed at most (eye windows are 10 Hz)")
     crop_every: int = Field(2, ge=1, description="Publish every k-th crop of a track")
     detect: DetectSettings = Field(default_factory=DetectSettings)
     crop: CropSettings = Field(default_factory=CropSettings)

@@ -82,8 +82,7 @@ class FaceTracker:
         for track in sorted(tracks, key=lambda t: -t.frames):
             best = max(unmatched, key=lambda b: iou(b, _follow_box(track.face)), default=None)
             if best is not None and iou(best, _follow_box(track.face)) >= MIN_IOU:
-                unmatched.remove(best)
-                track.face = self.pipeline.face(grey, best)
+                unmatched.remove(best)  # confirmed: its landmarks of this frame stand
                 track.misses = 0
                 kept.append(track)
             elif track.misses < MAX_MISSES:

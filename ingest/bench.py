@@ -1,0 +1,97 @@
+"""``liveness bench ingest``: full ingest against decoding alone, on one clip, in one run.
+
+Decoding is the floor no ingest can beat, so the figure is their ratio (``ratio``), which
+holds on a noisy machine where absolute frame rates do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import cv2
+
+from liveness.config import CameraSettings, load_settings
+from liveness.errors import LivenessError
+from liveness.redisconn import connect
+
+from ingest.service import IngestService
+
+DEFAULT_SEQUENCE = Path(__file__).resolve().parents[1].parent / "shared/data/nuaa-train/ClientRaw/0001"
+
+
+def make_clip(dest: Path, frames_dir: Path = DEFAULT_SEQUENCE, fps: int = 15) -> Path:
+    """A 640x480 H.264 clip of one NUAA live sequence (ffmpeg), for when no --source is given."""
+    if shutil.which("ffmpeg") is None:
+        raise LivenessError("bench ingest: no --source given and ffmpeg is not installed to make a clip")
+    frames = sorted(frames_dir.glob("*_00_00_01_*.jpg"), key=lambda p: int(p.stem.split("_")[-1]))
+    if not frames:
+        raise LivenessError(f"bench ingest: no --source given and no NUAA frames in {frames_dir}")
+    listing = dest / "frames"
+    listing.mkdir()
+    for i, f in enumerate(frames):
+        (listing / f"{i:05d}.jpg").symlink_to(f)
+    clip = dest / "clip.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-framerate", str(fps), "-i", str(listing / "%05d.jpg"),
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", str(fps), str(clip)], check=True)
+    return clip
+
+
+def decode_fps(source: str, frames: int) -> float:
+    """Frames per second of decoding alone, looping the clip until ``frames`` were read."""
+    n = 0
+    t0 = time.perf_counter()
+    while n < frames:
+        cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG)
+        if not cap.isOpened():
+            raise LivenessError(f"bench ingest: cannot open {source}")
+        while n < frames:
+            ok, _ = cap.read()
+            if not ok:
+                break
+            n += 1
+        cap.release()
+    return n / (time.perf_counter() - t0)
+
+
+def ingest_fps(source: str, frames: int, config: str | None) -> float:
+    """Video frames per second through the full ingest (detect, landmarks, crops, publish), one thread.
+
+    The camera defaults of the config apply, ``max_fps`` included: frames above it are
+    decoded and dropped, as on a real camera.
+    """
+    settings = load_settings(config)
+    settings.prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    camera = CameraSettings(id="bench", source=source, max_fps=settings.ingest.max_fps, detect=settings.ingest.detect,
+                            crop=settings.ingest.crop, crop_every=settings.ingest.crop_every)
+    service = IngestService(settings, camera, fast=True, loop=True, max_frames=frames, stop=threading.Event())
+    client = connect(settings.redis)
+    try:
+        service.start()
+        elapsed = time.perf_counter() - service.capture_started  # models loaded, Redis connected
+    finally:
+        for key in client.scan_iter(f"{settings.prefix}:*"):
+            client.delete(key)
+    return service.frames_read / elapsed
+
+
+def bench_ingest(args: argparse.Namespace) -> dict[str, object]:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    cv2.setNumThreads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = args.source or str(make_clip(Path(tmp)))
+        decode_fps(source, 30)  # warm the page cache and codec
+        dec = decode_fps(source, args.frames)
+        ing = ingest_fps(source, args.frames, args.config)
+        cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG)
+        size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        cap.release()
+    return {"bench": "ingest", "frames": args.frames, "width": size[0], "height": size[1],
+            "decode_fps": round(dec, 1), "ingest_fps": round(ing, 1), "ratio": round(ing / dec, 3)}

@@ -1,0 +1,150 @@
+"""Face and eye worker pools as real processes on real Redis, scoring real crops and windows."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import yaml
+
+from liveness.contract import EyeSample, EyeScore, FaceCrop, FaceScore, Keys
+from tests.conftest import REDIS_URL, free_port, liveness_cmd, wait_for
+from tests.fixtures import crop_message, real_crops, real_eye_samples
+from tests.ingest.test_ingest import metric
+
+
+def config(tmp_path: Path, prefix: str, **worker: object) -> Path:
+    path = tmp_path / "config.yaml"
+    section = {"min_idle_ms": 1000, "batch_size": 8, **worker}
+    path.write_text(yaml.safe_dump({
+        "prefix": prefix, "redis": {"url": REDIS_URL}, "metrics": {"port": 0, "host": "127.0.0.1"},
+        "face_worker": section, "eye_worker": section,
+    }))
+    return path
+
+
+def start(kind: str, cfg: Path, name: str, metrics_port: int = 0) -> subprocess.Popen[str]:
+    env_port = {"LIVENESS_METRICS__PORT": str(metrics_port)}
+    import os
+    return subprocess.Popen(liveness_cmd(kind, "--config", str(cfg), "--name", name),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env_port})
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    return out
+
+
+def add_crops(r: redis.Redis, keys: Keys, n: int) -> list[str]:
+    crops = real_crops("live") + real_crops("spoof")
+    ids = []
+    pipe = r.pipeline()
+    for i in range(n):
+        pipe.xadd(keys.stream(FaceCrop), crop_message(crops[i % len(crops)], "cam", f"cam:1:{i % 7}", i).to_fields())
+    for entry_id in pipe.execute():
+        ids.append(entry_id.decode())
+    return ids
+
+
+def scores(r: redis.Redis, keys: Keys, kind: type[FaceScore] | type[EyeScore]) -> list[FaceScore | EyeScore]:
+    return [kind.from_fields(f) for _, f in r.xrange(keys.stream(kind))]
+
+
+def test_two_face_workers_share_the_stream(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
+    keys = Keys(prefix)
+    cfg = config(tmp_path, prefix)
+    ports = [free_port(), free_port()]
+    workers = [start("face-worker", cfg, f"w{i}", ports[i]) for i in range(2)]
+    try:
+        time.sleep(3)  # both join the group before the work arrives
+        ids = add_crops(r, keys, 400)
+        wait_for(lambda: r.xlen(keys.stream(FaceScore)) >= 400, timeout_s=120)
+        time.sleep(1)
+        done = [metric(p, 'liveness_messages_processed_total{group="' + keys.group("face-workers") + '"}') for p in ports]
+    finally:
+        outs = [stop(w) for w in workers]
+    got = scores(r, keys, FaceScore)
+    assert sorted(s.source_id for s in got) == sorted(ids), "every crop scored exactly once"
+    assert all(d > 0 for d in done) and sum(done) == 400, f"both workers took a share: {done}"
+    assert all(0.0 <= s.score <= 1.0 and s.model == "face" for s in got)
+    assert r.xpending(keys.stream(FaceCrop), keys.group("face-workers"))["pending"] == 0
+    assert not any("Traceback" in o for o in outs)
+
+
+def test_killed_face_worker_loses_nothing(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
+    keys = Keys(prefix)
+    cfg = config(tmp_path, prefix, batch_size=64)
+    group = keys.group("face-workers")
+    ids: list[str] = []
+    for _attempt in range(5):
+        victim = start("face-worker", cfg, "victim")
+        ids += add_crops(r, keys, 600)
+        wait_for(lambda: r.xlen(keys.stream(FaceScore)) > 0, timeout_s=60, every_s=0.01)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        pending = {c["name"].decode(): c["pending"] for c in r.xinfo_consumers(keys.stream(FaceCrop), group)}
+        if pending.get("victim", 0) > 0:
+            break
+    else:
+        pytest.fail("could not kill the worker mid-batch in 5 tries")
+    rescuer = start("face-worker", cfg, "rescuer")
+    try:
+        wait_for(lambda: r.xlen(keys.stream(FaceScore)) >= len(ids), timeout_s=120)
+        time.sleep(1.5)
+    finally:
+        stop(rescuer)
+    got = [s.source_id for s in scores(r, keys, FaceScore)]
+    assert sorted(got) == sorted(ids), "the killed worker's batch was reclaimed, nothing twice"
+    assert r.xpending(keys.stream(FaceCrop), group)["pending"] == 0
+
+
+def test_garbage_goes_to_dead_letters(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
+    keys = Keys(prefix)
+    cfg = config(tmp_path, prefix)
+    good = crop_message(real_crops("live")[0], "cam", "cam:1:1", 1)
+    bad_jpeg = crop_message(b"\x00garbage bytes, not a JPEG", "cam", "cam:1:2", 2)
+    r.xadd(keys.stream(FaceCrop), {"whatever": b"\xff\xfe\x00"})
+    r.xadd(keys.stream(FaceCrop), bad_jpeg.to_fields())
+    r.xadd(keys.stream(FaceCrop), good.to_fields())
+    worker = start("face-worker", cfg, "w")
+    try:
+        wait_for(lambda: r.xlen(keys.stream(FaceScore)) >= 1 and r.xlen(keys.dead(keys.stream(FaceCrop))) >= 2,
+                 timeout_s=60)
+        assert worker.poll() is None
+    finally:
+        out = stop(worker)
+    dead = [f for _, f in r.xrange(keys.dead(keys.stream(FaceCrop)))]
+    reasons = sorted(f[b"reason"].decode() for f in dead)
+    assert any("schema version" in x for x in reasons) and any("not a decodable image" in x for x in reasons)
+    assert [s.track for s in scores(r, keys, FaceScore)] == ["cam:1:1"]
+    assert "Traceback" not in out
+
+
+def test_eye_worker_scores_windows_and_dead_letters_nan(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
+    keys = Keys(prefix)
+    cfg = config(tmp_path, prefix)
+    samples = real_eye_samples("live")[:40]
+    with_window = [s for s in samples if s.window is not None]
+    assert 0 < len(with_window) < len(samples)
+    for s in samples:
+        r.xadd(keys.stream(EyeSample), s.to_fields())
+    nan = samples[-1].to_fields()
+    nan["window"] = b"[[NaN,0.3]" + b",[0.3,0.3]" * 9 + b"]"
+    r.xadd(keys.stream(EyeSample), nan)
+    worker = start("eye-worker", cfg, "e")
+    try:
+        wait_for(lambda: r.xlen(keys.stream(EyeScore)) >= len(with_window), timeout_s=60)
+        wait_for(lambda: r.xlen(keys.dead(keys.stream(EyeSample))) >= 1, timeout_s=30)
+        time.sleep(0.5)
+    finally:
+        stop(worker)
+    got = scores(r, keys, EyeScore)
+    assert len(got) == len(with_window)
+    assert [s.frame for s in got] == [s.frame for s in with_window]
+    assert all(s.model == "eye" and 0 <= s.score <= 1 for s in got)

@@ -1,0 +1,38 @@
+"""The eye worker: scores eye-ratio windows with the eye ONNX model, in batches.
+
+Stateless: each EyeSample carries its window and the track's open-eye level, so any worker
+can score any message; evidence over a track is accumulated by fusion.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from liveness.contract import EyeSample, EyeScore, Message
+from liveness.errors import PoisonMessageError
+from liveness.eyes import INPUT_SIZE, WINDOW_RATE_HZ, eye_input
+from workers.scoring import ScoringWorker, run_worker
+
+
+class EyeWorker(ScoringWorker):
+    """Writes one EyeScore per sample that carries a full window; others are acknowledged."""
+
+    source = EyeSample
+    output = EyeScore
+    role = "eye-workers"
+    artifact = "eye.onnx"
+    input_shape = (INPUT_SIZE,)
+
+    def prepare(self, msg: Message) -> np.ndarray | None:
+        assert isinstance(msg, EyeSample)
+        if msg.window is None:
+            return None
+        if abs((msg.window_rate_hz or 0.0) - WINDOW_RATE_HZ) > 1e-6:
+            raise PoisonMessageError(f"eye window: rate {msg.window_rate_hz} Hz, the model expects {WINDOW_RATE_HZ}")
+        return eye_input(msg.window, msg.open_level)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_worker(args, EyeWorker, "eye_worker", "eye")

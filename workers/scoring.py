@@ -1,0 +1,110 @@
+"""What the face and eye workers share: decode, batch, score with onnxruntime, write scores.
+
+A worker is a ``StreamConsumer`` whose ``prepare()`` turns one decoded message into one
+model input row; everything else (dead letters, batching, the score message, metrics,
+start-up and signals) lives here once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from functools import partial
+from typing import ClassVar, Literal
+
+import numpy as np
+import redis
+
+from liveness.config import Settings, WorkerSettings, load_settings
+from liveness.contract import Keys, Message, Score
+from liveness.defaults import artifact_path
+from liveness.errors import PoisonMessageError
+from liveness.metrics import serve
+from liveness.redisconn import connect, wait_until_up
+from liveness.streams import Entry, Outcome, StreamConsumer, consumer_name
+from workers import metrics
+from workers.runners import OnnxModel
+
+log = logging.getLogger(__name__)
+
+
+class ScoringWorker(StreamConsumer):
+    """Consumes ``source`` messages and writes one ``output`` score per scored message."""
+
+    source: ClassVar[type[Message]]
+    output: ClassVar[type[Score]]
+    role: ClassVar[Literal["face-workers", "eye-workers"]]
+    artifact: ClassVar[str]
+    input_shape: ClassVar[tuple[int, ...]]
+
+    def __init__(self, settings: Settings, cfg: WorkerSettings, model: OnnxModel, client: redis.Redis, name: str,
+                 stop: threading.Event | None = None, dead_retention_s: float | None = None) -> None:
+        keys = Keys(settings.prefix)
+        super().__init__(client, keys, keys.stream(self.source), keys.group(self.role), name,
+                         batch_size=cfg.batch_size, block_ms=cfg.block_ms, min_idle_ms=cfg.min_idle_ms,
+                         max_deliveries=cfg.max_deliveries, dead_maxlen=settings.streams.maxlen,
+                         dead_retention_s=dead_retention_s, stop=stop, redis_url=settings.redis.url)
+        self.model = model
+        self.scores = keys.stream(self.output)
+        self.maxlen = settings.streams.maxlen
+
+    def prepare(self, msg: Message) -> np.ndarray | None:
+        """One model input row; None to acknowledge without a score; PoisonMessageError to dead-letter."""
+        raise NotImplementedError
+
+    def handle(self, entries: list[Entry]) -> Outcome:
+        outcome = Outcome()
+        batch: list[tuple[str, Message, np.ndarray]] = []
+        for entry_id, fields in entries:
+            try:
+                msg = self.source.from_fields(fields)
+                row = self.prepare(msg)
+            except PoisonMessageError as e:
+                outcome.dead[entry_id] = f"poison: {e}"
+                continue
+            if row is not None:
+                batch.append((entry_id, msg, row))
+        if not batch:
+            return outcome
+        t0 = time.perf_counter()
+        scores = self.model.predict(np.stack([row for _, _, row in batch]))
+        metrics.INFERENCE_SECONDS.labels(self.model.name).observe(time.perf_counter() - t0)
+        metrics.SCORED.labels(self.model.name).inc(len(batch))
+        now = time.time()
+        for (entry_id, msg, _), score in zip(batch, scores):
+            if not np.isfinite(score):
+                outcome.dead[entry_id] = "poison: model returned a non-finite score"
+                continue
+            metrics.STAGE_LATENCY.labels(f"ingest_to_{self.model.name}_score").observe(max(0.0, now - msg.ingest_ts))  # type: ignore[attr-defined]
+            out = self.output(entry_id, msg.camera, msg.track, msg.frame, msg.capture_ts, msg.ingest_ts,  # type: ignore[attr-defined]
+                              now, float(np.clip(score, 0.0, 1.0)), self.model.name, self.model.version,
+                              msg.label)  # type: ignore[attr-defined]
+            outcome.writes.append(partial(_xadd, self.scores, out.to_fields(), self.maxlen))
+        return outcome
+
+
+def _xadd(stream: str, fields: dict[str, bytes], maxlen: int, pipe: redis.client.Pipeline) -> None:
+    pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+
+
+def run_worker(args: argparse.Namespace, worker: type[ScoringWorker], section: str, short: str) -> int:
+    """Load config and model, serve metrics, consume until SIGTERM/SIGINT (the batch is finished first)."""
+    settings = load_settings(args.config)
+    cfg: WorkerSettings = getattr(settings, section)
+    for key in ("model", "threads", "batch_size"):
+        if getattr(args, key, None) is not None:
+            setattr(cfg, key, getattr(args, key))
+    model = OnnxModel(cfg.model or artifact_path(worker.artifact), threads=cfg.threads, input_shape=worker.input_shape)
+    name = getattr(args, "name", None) or consumer_name(short)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    serve(settings.metrics, name)
+    client = connect(settings.redis)
+    if wait_until_up(client, name, settings.redis.url, stop):
+        retention = settings.streams.crop_retention_s if section == "face_worker" else None
+        worker(settings, cfg, model, client, name, stop, retention).run()
+    return 0

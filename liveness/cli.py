@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Callable
 
@@ -20,7 +21,8 @@ Adder = Callable[[argparse.ArgumentParser], None]
 
 
 def _config(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--config", "-c", required=required, metavar="FILE",
+    p.add_argument("--config", "-c", required=required and not os.environ.get("LIVENESS_CONFIG"), metavar="FILE",
+                   default=os.environ.get("LIVENESS_CONFIG"),
                    help="YAML config (default: $LIVENESS_CONFIG, else built-in defaults)")
 
 
@@ -46,6 +48,22 @@ def _fusion(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="consumer name (default: host-pid)")
 
 
+def _decisions(p: argparse.ArgumentParser) -> None:
+    _config(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--follow", "-f", action="store_true", help="wait for new decisions")
+    p.add_argument("--from-start", action="store_true", help="with --follow: print the past ones first")
+    p.add_argument("--count", "-n", type=int, help="stop after N decisions")
+    p.add_argument("--timeout", type=float, help="stop after S seconds")
+
+
+def _label(p: argparse.ArgumentParser) -> None:
+    _config(p)
+    p.add_argument("--camera", required=True)
+    p.add_argument("--track", required=True)
+    p.add_argument("label", choices=["live", "spoof"])
+
+
 def _train_face(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=["nuaa", "folders"], default="nuaa")
     p.add_argument("--root", required=True, help="dataset root")
@@ -60,6 +78,8 @@ def _train_face(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-dog", action="store_true", help="no difference-of-Gaussians channel")
     p.add_argument("--no-photometric", action="store_true", help="no lighting augmentation")
     p.add_argument("--synthetic", type=float, default=0.0, help="fraction of live crops made synthetic attacks")
+    p.add_argument("--erase", type=float, default=0.0, help="probability of erasing a random rectangle")
+    p.add_argument("--crop-scale", type=float, default=2.0, help="crop side / face size (run time: ingest.crop.scale)")
     p.add_argument("--no-export", action="store_true", help="figures only (experiments)")
     p.add_argument("--report", metavar="FILE.json", help="write the per-fold figures here")
 
@@ -102,6 +122,8 @@ COMMANDS: dict[str, tuple[str, str, Adder]] = {
     "face-worker": ("workers.face", "score face crops with the face model", _worker),
     "eye-worker": ("workers.eye", "score eye windows with the eye model", _worker),
     "fusion": ("fusion.service", "join scores per track and decide live/spoof", _fusion),
+    "decisions": ("fusion.decisions", "print decisions (JSON lines with --json)", _decisions),
+    "label": ("fusion.label", "operator feedback: the ground truth of a track", _label),
     "train-face": ("models.train_face", "train and export the face model (extra 'train')", _train_face),
     "train-eye": ("models.train_eye", "train and export the eye model", _train_eye),
     "evaluate": ("models.evaluate", "ISO/IEC 30107-3 report of a model on a labelled dataset", _evaluate),

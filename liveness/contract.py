@@ -52,6 +52,16 @@ class Keys:
         """Set of source message ids fusion already counted for a track (TTL-bound)."""
         return f"{self.prefix}:seen:{track}"
 
+    @property
+    def open_tracks(self) -> str:
+        """Sorted set of tracks fusion holds, scored by their last update (epoch s)."""
+        return f"{self.prefix}:open-tracks"
+
+    @property
+    def accuracy(self) -> str:
+        """Hash ``camera|label|verdict`` -> tracks, for the accuracy gauges."""
+        return f"{self.prefix}:accuracy"
+
     def camera_session(self, camera: str) -> str:
         """Counter that makes track ids unique across ingest restarts."""
         return f"{self.prefix}:camera-session:{camera}"

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import start_http_server
+from prometheus_client import Histogram, start_http_server
 
 from liveness.config import MetricsSettings
 
 log = logging.getLogger(__name__)
+
+STAGE_LATENCY = Histogram(
+    "liveness_stage_latency_seconds", "Time between the timestamps two pipeline stages put on a message", ["stage"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+"""Shared by every service: stages are capture_to_ingest, ingest_to_<model>_score, score_to_fusion."""
 
 PORT_SPAN = 200
 """How many ports after the configured one a process may try."""

@@ -37,6 +37,7 @@ HANDLE_ERRORS = Counter("liveness_handle_errors_total", "Batches that failed and
 REDIS_ERRORS = Counter("liveness_redis_errors_total", "Redis failures seen by a consumer", ["group"])
 
 Entry = tuple[str, dict[bytes, bytes]]
+"""(entry id, fields) of one stream entry."""
 Write = Callable[[redis.client.Pipeline], None]
 
 INFO_EVERY_S = 1.0
@@ -177,6 +178,12 @@ class StreamConsumer:
     def commit(self, outcome: Outcome, entries: list[Entry]) -> None:
         """Write results, dead letters and the XACK of every entry in one transaction."""
         pipe = self.redis.pipeline(transaction=True)
+        self.queue_commit(pipe, outcome, entries)
+        pipe.execute()
+        PROCESSED.labels(self.group).inc(len(entries) - len(outcome.dead))
+
+    def queue_commit(self, pipe: redis.client.Pipeline, outcome: Outcome, entries: list[Entry]) -> None:
+        """Queue results, dead letters and the XACK on ``pipe`` (which the caller executes)."""
         for write in outcome.writes:
             write(pipe)
         fields_by_id = dict(entries)
@@ -191,8 +198,6 @@ class StreamConsumer:
             min_id = int((time.time() - self.dead_retention_s) * 1000)
             pipe.xtrim(self.keys.dead(self.stream), minid=min_id, approximate=False)
         pipe.xack(self.stream, self.group, *[i for i, _ in entries])
-        pipe.execute()
-        PROCESSED.labels(self.group).inc(len(entries) - len(outcome.dead))
 
     def _report_lag(self) -> None:
         try:

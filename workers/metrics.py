@@ -1,4 +1,5 @@
-"""Worker metrics; batch size, processed, reclaimed and dead-lettered come from liveness.streams."""
+"""Worker metrics; batch size, processed, reclaimed and dead-lettered come from liveness.streams,
+stage latency from liveness.metrics."""
 
 from prometheus_client import Counter, Histogram
 
@@ -7,7 +8,3 @@ INFERENCE_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5),
 )
 SCORED = Counter("liveness_scored_total", "Messages scored by a model", ["model"])
-STAGE_LATENCY = Histogram(
-    "liveness_stage_latency_seconds", "Time from one stage's timestamp to the next", ["stage"],
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-)

@@ -22,7 +22,7 @@ from liveness.config import Settings, WorkerSettings, load_settings
 from liveness.contract import Keys, Message, Score
 from liveness.defaults import artifact_path
 from liveness.errors import PoisonMessageError
-from liveness.metrics import serve
+from liveness.metrics import STAGE_LATENCY, serve
 from liveness.redisconn import connect, wait_until_up
 from liveness.streams import Entry, Outcome, StreamConsumer, consumer_name
 from workers import metrics
@@ -78,7 +78,7 @@ class ScoringWorker(StreamConsumer):
             if not np.isfinite(score):
                 outcome.dead[entry_id] = "poison: model returned a non-finite score"
                 continue
-            metrics.STAGE_LATENCY.labels(f"ingest_to_{self.model.name}_score").observe(max(0.0, now - msg.ingest_ts))  # type: ignore[attr-defined]
+            STAGE_LATENCY.labels(f"ingest_to_{self.model.name}_score").observe(max(0.0, now - msg.ingest_ts))  # type: ignore[attr-defined]
             out = self.output(entry_id, msg.camera, msg.track, msg.frame, msg.capture_ts, msg.ingest_ts,  # type: ignore[attr-defined]
                               now, float(np.clip(score, 0.0, 1.0)), self.model.name, self.model.version,
                               msg.label)  # type: ignore[attr-defined]

@@ -1,0 +1,1 @@
+"""Fusion: joins face and eye scores per track, decides live/spoof, keeps accuracy metrics."""

@@ -1,0 +1,277 @@
+"""The fusion service: one decision per track from face and eye scores, and accuracy metrics.
+
+All track state lives in Redis (a hash per track, with a TTL), so any number of fusion
+processes on any number of machines can share the work and a restart loses nothing. Each
+batch is applied in one WATCH/MULTI transaction: state, seen source ids, decisions,
+accuracy counters and the XACK commit together or not at all, so a redelivered score is
+never counted twice and a decision is never emitted twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import redis
+
+from fusion import metrics
+from fusion.webhook import Webhook
+from liveness.config import Settings, load_settings
+from liveness.contract import Decision, EyeScore, FaceScore, Keys, Label, Score
+from liveness.defaults import artifact_path
+from liveness.errors import PoisonMessageError
+from liveness.evidence import Policy, TrackEvidence
+from liveness.metrics import STAGE_LATENCY, serve
+from liveness.redisconn import connect, wait_until_up
+from liveness.streams import Entry, Outcome, StreamConsumer, consumer_name
+
+log = logging.getLogger(__name__)
+
+WATCH_RETRIES = 20
+"""Attempts at a batch when another fusion process changes the same track meanwhile."""
+
+GAUGES_EVERY_S = 2.0
+"""How often the accuracy and open-track gauges are recomputed from Redis, seconds."""
+
+
+def load_policy(settings: Settings) -> Policy:
+    """Thresholds stored with the models, with the config's overrides applied."""
+    path = artifact_path("fusion.json")
+    policy = Policy.load(path) if path.is_file() else Policy()
+    cfg = settings.fusion
+    updates = {}
+    if cfg.spoof_threshold is not None:
+        updates["spoof_at"] = cfg.spoof_threshold
+    if cfg.live_threshold is not None:
+        updates["live_at"] = cfg.live_threshold
+    return policy.model_copy(update=updates)
+
+
+@dataclass
+class Item:
+    """One decoded input entry."""
+
+    entry_id: str
+    track: str
+    score: Score | None = None
+    label: Label | None = None
+
+
+class FusionConsumer(StreamConsumer):
+    """Consumes one input stream (face scores, eye scores or labels) into the shared track state."""
+
+    def __init__(self, fusion: "Fusion", stream: str, kind: str) -> None:
+        s = fusion.settings
+        super().__init__(fusion.redis, fusion.keys, stream, fusion.keys.group("fusion"), fusion.name,
+                         batch_size=64, block_ms=20, min_idle_ms=s.face_worker.min_idle_ms,
+                         max_deliveries=s.face_worker.max_deliveries, dead_maxlen=s.streams.maxlen,
+                         stop=fusion.stop, redis_url=s.redis.url)
+        self.fusion = fusion
+        self.kind = kind
+
+    def decode(self, entries: list[Entry]) -> tuple[list[Item], dict[str, str]]:
+        items: list[Item] = []
+        dead: dict[str, str] = {}
+        for entry_id, fields in entries:
+            try:
+                if self.kind == "label":
+                    label = Label.from_fields(fields)
+                    items.append(Item(entry_id, label.track, label=label))
+                else:
+                    cls = FaceScore if self.kind == "face" else EyeScore
+                    score = cls.from_fields(fields)
+                    items.append(Item(entry_id, score.track, score=score))
+            except PoisonMessageError as e:
+                dead[entry_id] = f"poison: {e}"
+        return items, dead
+
+    def process(self, entries: list[Entry]) -> None:
+        items, dead = self.decode(entries)
+        by_track: dict[str, list[Item]] = defaultdict(list)
+        for item in items:
+            by_track[item.track].append(item)
+        for _ in range(WATCH_RETRIES):
+            try:
+                self._apply(by_track, entries, dead)
+                return
+            except redis.WatchError:
+                continue
+        log.warning("%s: batch of %d left for redelivery after %d conflicts", self.name, len(entries), WATCH_RETRIES)
+
+    def _apply(self, by_track: dict[str, list[Item]], entries: list[Entry], dead: dict[str, str]) -> None:
+        f = self.fusion
+        keys = self.keys
+        now = time.time()
+        decisions: list[Decision] = []
+        duplicates = 0
+        with self.redis.pipeline(transaction=True) as pipe:
+            tracks = sorted(by_track)
+            if tracks:
+                pipe.watch(*[keys.track_state(t) for t in tracks])
+            states: dict[str, TrackEvidence] = {}
+            before: dict[str, tuple[str, str]] = {}
+            fresh: dict[str, list[Item]] = {}
+            for track in tracks:
+                ev = TrackEvidence.from_hash(pipe.hgetall(keys.track_state(track)))
+                states[track] = ev
+                before[track] = (ev.label, ev.verdict)
+                items = by_track[track]
+                # source ids of the face and eye streams can coincide: the kind keeps them apart
+                ids = [f"{self.kind}:{i.score.source_id}" for i in items if i.score is not None]
+                seen = {i for i, hit in zip(ids, pipe.smismember(keys.seen(track), ids)) if hit} if ids else set()
+                fresh[track] = []
+                for item in items:
+                    if item.score is not None:
+                        source = f"{self.kind}:{item.score.source_id}"
+                        if source in seen:
+                            duplicates += 1
+                            continue
+                        seen.add(source)
+                    fresh[track].append(item)
+                    if item.label is not None:
+                        ev.camera = ev.camera or item.label.camera
+                        ev.label = item.label.label
+                    elif item.score is not None:
+                        sc = item.score
+                        ev.camera = ev.camera or sc.camera
+                        ev.label = ev.label or (sc.label or "")
+                        ev.add(self.kind, sc.score, sc.capture_ts, f.policy)  # type: ignore[arg-type]
+                        STAGE_LATENCY.labels("score_to_fusion").observe(max(0.0, now - sc.scored_ts))
+                verdict, confidence = ev.decide(f.policy, f.settings.fusion.rule)
+                if verdict != "undecided" and verdict != ev.verdict:
+                    ev.verdict = verdict
+                    ev.decisions += 1
+                    if not ev.first_decision_ts:
+                        ev.first_decision_ts = now
+                    face, eye = ev.evidence(f.policy)
+                    decisions.append(Decision(ev.camera, track, verdict, confidence, face, eye, ev.frames,
+                                              ev.first_capture_ts, ev.last_capture_ts, now,
+                                              f.settings.fusion.rule, ev.label or None))
+            pipe.multi()
+            ttl = max(1, int(f.settings.fusion.track_ttl_s * 6))
+            for track in tracks:
+                ev = states[track]
+                pipe.hset(keys.track_state(track), mapping=ev.to_hash())
+                pipe.expire(keys.track_state(track), ttl)
+                new_ids = [f"{self.kind}:{i.score.source_id}" for i in fresh[track] if i.score is not None]
+                if new_ids:
+                    pipe.sadd(keys.seen(track), *new_ids)
+                    pipe.expire(keys.seen(track), ttl)
+                pipe.zadd(keys.open_tracks, {track: now})
+                _count_accuracy(pipe, keys, ev, before[track])
+            for d in decisions:
+                pipe.xadd(keys.stream(Decision), d.to_fields(), maxlen=f.settings.streams.maxlen, approximate=True)
+            self.queue_commit(pipe, Outcome(dead=dead), entries)
+            pipe.execute()
+        metrics.DUPLICATES.labels(self.kind).inc(duplicates)
+        for d in decisions:
+            metrics.DECISIONS.labels(d.camera, d.verdict).inc()
+            metrics.PIPELINE_LATENCY.labels(d.camera).observe(max(0.0, d.decided_ts - d.last_capture_ts))
+            if states[d.track].decisions == 1:
+                metrics.TIME_TO_DECISION.labels(d.camera).observe(max(0.0, d.decided_ts - d.first_capture_ts))
+            log.info("fusion: %s %s -> %s (%.2f, face %.2f, eye %.2f, %d frames)", d.camera, d.track, d.verdict,
+                     d.confidence, d.face_evidence, d.eye_evidence, d.frames)
+            f.webhook.send(d)
+
+
+def _count_accuracy(pipe: redis.client.Pipeline, keys: Keys, ev: TrackEvidence, before: tuple[str, str]) -> None:
+    """Move the track between ``camera|label|verdict`` counters when its label or verdict changed."""
+    old_label, old_verdict = before
+    if (old_label, old_verdict) == (ev.label, ev.verdict):
+        return
+    if old_label and old_verdict != "undecided":
+        pipe.hincrby(keys.accuracy, f"{ev.camera}|{old_label}|{old_verdict}", -1)
+    if ev.label and ev.verdict != "undecided":
+        pipe.hincrby(keys.accuracy, f"{ev.camera}|{ev.label}|{ev.verdict}", 1)
+
+
+def error_rates(counts: dict[tuple[str, str], int]) -> tuple[float, float, int, int]:
+    """APCER, BPCER and the number of attacks and live tracks, from (label, verdict) counts."""
+    attacks = counts.get(("spoof", "live"), 0) + counts.get(("spoof", "spoof"), 0)
+    lives = counts.get(("live", "live"), 0) + counts.get(("live", "spoof"), 0)
+    apcer = counts.get(("spoof", "live"), 0) / attacks if attacks else 0.0
+    bpcer = counts.get(("live", "spoof"), 0) / lives if lives else 0.0
+    return apcer, bpcer, attacks, lives
+
+
+class Fusion:
+    """Consumers for face scores, eye scores and labels, plus a gauge and expiry loop."""
+
+    def __init__(self, settings: Settings, client: redis.Redis, name: str, stop: threading.Event) -> None:
+        self.settings = settings
+        self.redis = client
+        self.name = name
+        self.stop = stop
+        self.keys = Keys(settings.prefix)
+        self.policy = load_policy(settings)
+        self.webhook = Webhook(settings.fusion.webhook_url, stop)
+
+    def start(self) -> None:
+        """Start one consumer thread per input stream, then keep the gauges until stopped."""
+        consumers = [
+            FusionConsumer(self, self.keys.stream(FaceScore), "face"),
+            FusionConsumer(self, self.keys.stream(EyeScore), "eye"),
+            FusionConsumer(self, self.keys.stream(Label), "label"),
+        ]
+        threads = [threading.Thread(target=c.run, name=f"fusion:{c.kind}", daemon=True) for c in consumers]
+        for t in threads:
+            t.start()
+        log.info("%s: policy %s, rule %s", self.name, self.policy.model_dump(), self.settings.fusion.rule)
+        while not self.stop.wait(GAUGES_EVERY_S):
+            try:
+                self.update_gauges()
+            except redis.RedisError as e:
+                log.warning("%s: gauges not updated (%s)", self.name, type(e).__name__)
+        for t in threads:
+            t.join(timeout=10)
+        self.webhook.close()
+
+    def update_gauges(self) -> None:
+        """Expire idle tracks from the open set; recompute accuracy over the run and the window."""
+        now = time.time()
+        self.redis.zremrangebyscore(self.keys.open_tracks, 0, now - self.settings.fusion.track_ttl_s)
+        metrics.TRACKS_OPEN.set(self.redis.zcard(self.keys.open_tracks))
+        run: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
+        for field, value in self.redis.hgetall(self.keys.accuracy).items():
+            camera, label, verdict = field.decode().split("|")
+            for cam in (camera, "all"):
+                run[cam][(label, verdict)] = run[cam].get((label, verdict), 0) + int(value)
+        window: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
+        start_id = f"{int((now - self.settings.fusion.window_s) * 1000)}-0"
+        latest: dict[str, Decision] = {}
+        for _, fields in self.redis.xrange(self.keys.stream(Decision), min=start_id, count=100_000):
+            try:
+                d = Decision.from_fields(fields)
+            except PoisonMessageError:
+                continue
+            latest[d.track] = d
+        for d in latest.values():
+            if d.label:
+                for cam in (d.camera, "all"):
+                    window[cam][(d.label, d.verdict)] = window[cam].get((d.label, d.verdict), 0) + 1
+        for name, table in (("run", run), ("sliding", window)):
+            for cam, counts in table.items():
+                apcer, bpcer, attacks, lives = error_rates(counts)
+                metrics.APCER.labels(cam, name).set(apcer)
+                metrics.BPCER.labels(cam, name).set(bpcer)
+                metrics.ACER.labels(cam, name).set((apcer + bpcer) / 2)
+                metrics.LABELLED.labels(cam, name, "spoof").set(attacks)
+                metrics.LABELLED.labels(cam, name, "live").set(lives)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    name = getattr(args, "name", None) or consumer_name("fusion")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    serve(settings.metrics, name)
+    client = connect(settings.redis)
+    if wait_until_up(client, name, settings.redis.url, stop):
+        Fusion(settings, client, name, stop).start()
+    return 0

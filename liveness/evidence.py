@@ -1,0 +1,147 @@
+"""Per-track evidence and the decision rule, shared by the fusion service and offline evaluation.
+
+Face scores are turned into clipped log-likelihood ratios around the face model's threshold
+and summed with a discount (frames of one track are strongly correlated); eye windows fill a
+histogram whose low quantile says whether the track ever blinked. The sum is compared with
+two thresholds: a spoof needs less evidence than a live face, since a false "spoof" is the
+cheaper error. The original rule (eye says fake -> fake, else the face decides) is kept
+for comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Verdict = Literal["live", "spoof", "undecided"]
+
+EYE_BINS = 20
+"""Bins of the per-track histogram of eye-window scores over [0, 1]."""
+
+LLR_CLIP = 3.0
+"""Largest evidence one score may carry, in log-odds."""
+
+
+class Policy(BaseModel):
+    """Decision thresholds, chosen from data (``models/artifacts/fusion.json``), overridable in config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    face_threshold: float = Field(0.5, gt=0, lt=1, description="Face score at which one crop is neutral")
+    face_weight: float = Field(0.35, gt=0, description="Discount on each crop's log-odds (correlated frames)")
+    eye_threshold: float = Field(0.5, gt=0, lt=1, description="Track eye quantile at which eyes are neutral")
+    eye_quantile: float = Field(0.25, gt=0, lt=1, description="Quantile of a track's window scores used")
+    eye_weight: float = Field(1.0, ge=0, description="Weight of the eye evidence")
+    eye_min_windows: int = Field(10, ge=1, description="Windows before eye evidence counts")
+    spoof_at: float = Field(2.0, gt=0, description="Total evidence at or above which a track is spoof")
+    live_at: float = Field(3.0, gt=0, description="Total evidence at or below minus this is live")
+    min_face: int = Field(3, ge=1, description="Face scores needed before any decision")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Policy":
+        return cls.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def _llr(p: float, threshold: float) -> float:
+    return max(-LLR_CLIP, min(LLR_CLIP, _logit(p) - _logit(threshold)))
+
+
+@dataclass
+class TrackEvidence:
+    """What is known of one track; serialisable to a flat Redis hash."""
+
+    camera: str = ""
+    label: str = ""
+    first_capture_ts: float = 0.0
+    last_capture_ts: float = 0.0
+    face_n: int = 0
+    face_llr: float = 0.0
+    last_face: float = -1.0
+    eye_n: int = 0
+    eye_hist: list[int] = field(default_factory=lambda: [0] * EYE_BINS)
+    last_eye: float = -1.0
+    verdict: str = "undecided"
+    decisions: int = 0
+    first_decision_ts: float = 0.0
+
+    @property
+    def frames(self) -> int:
+        return self.face_n + self.eye_n
+
+    def add(self, kind: Literal["face", "eye"], score: float, capture_ts: float, policy: Policy) -> None:
+        if not self.first_capture_ts or capture_ts < self.first_capture_ts:
+            self.first_capture_ts = capture_ts
+        self.last_capture_ts = max(self.last_capture_ts, capture_ts)
+        if kind == "face":
+            self.face_n += 1
+            self.face_llr += _llr(score, policy.face_threshold)
+            self.last_face = score
+        else:
+            self.eye_n += 1
+            self.eye_hist[min(int(score * EYE_BINS), EYE_BINS - 1)] += 1
+            self.last_eye = score
+
+    def eye_quantile(self, q: float) -> float:
+        """The ``q`` quantile of the track's eye-window scores (bin centre)."""
+        need = q * self.eye_n
+        seen = 0
+        for i, count in enumerate(self.eye_hist):
+            seen += count
+            if seen >= need and count:
+                return (i + 0.5) / EYE_BINS
+        return 1.0
+
+    def evidence(self, policy: Policy) -> tuple[float, float]:
+        """(face, eye) evidence in log-odds; positive says spoof."""
+        face = policy.face_weight * self.face_llr
+        eye = 0.0
+        if self.eye_n >= policy.eye_min_windows:
+            eye = policy.eye_weight * _llr(self.eye_quantile(policy.eye_quantile), policy.eye_threshold)
+        return face, eye
+
+    def decide(self, policy: Policy, rule: str = "evidence") -> tuple[Verdict, float]:
+        """The verdict and its confidence (probability of the verdict, from the total log-odds)."""
+        if self.face_n < policy.min_face:
+            return "undecided", 0.0
+        if rule == "original":
+            eye_fake = self.last_eye >= 0 and self.last_eye >= policy.eye_threshold
+            spoof = eye_fake or self.last_face >= policy.face_threshold
+            return ("spoof" if spoof else "live"), max(self.last_face, 1 - self.last_face)
+        face, eye = self.evidence(policy)
+        total = face + eye
+        confidence = 1.0 / (1.0 + math.exp(-abs(total)))
+        if total >= policy.spoof_at:
+            return "spoof", confidence
+        if total <= -policy.live_at:
+            return "live", confidence
+        return "undecided", confidence
+
+    def to_hash(self) -> dict[str, str]:
+        out = {k: (json.dumps(v) if isinstance(v, list) else str(v)) for k, v in asdict(self).items()}
+        return out
+
+    @classmethod
+    def from_hash(cls, raw: dict[bytes, bytes]) -> "TrackEvidence":
+        if not raw:
+            return cls()
+        data = {k.decode(): v.decode() for k, v in raw.items()}
+        ev = cls()
+        for name, default in asdict(ev).items():
+            if name not in data:
+                continue
+            value = data[name]
+            if isinstance(default, list):
+                setattr(ev, name, json.loads(value))
+            else:
+                setattr(ev, name, type(default)(value))
+        return ev

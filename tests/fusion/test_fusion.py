@@ -1,0 +1,163 @@
+"""Fusion as a real process on real Redis: decisions, duplicates, labels, restarts."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+import yaml
+
+from liveness.contract import Decision, EyeScore, FaceScore, Keys, Label
+from liveness.evidence import Policy, TrackEvidence
+from tests.conftest import REDIS_URL, free_port, liveness_cmd, wait_for
+from tests.ingest.test_ingest import metric
+
+
+def config(tmp_path: Path, prefix: str, port: int = 0) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "prefix": prefix, "redis": {"url": REDIS_URL}, "metrics": {"port": port, "host": "127.0.0.1"},
+        "face_worker": {"min_idle_ms": 1000},
+        "fusion": {"window_s": 600},
+    }))
+    return path
+
+
+def start(cfg: Path, name: str = "f1") -> subprocess.Popen[str]:
+    return subprocess.Popen(liveness_cmd("fusion", "--config", str(cfg), "--name", name),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=30)[0]
+
+
+def face(r: redis.Redis, keys: Keys, camera: str, track: str, frame: int, score: float, label: str | None = None,
+         source_id: str | None = None) -> None:
+    now = time.time()
+    msg = FaceScore(source_id or f"{1000 + frame}-{hash(track) % 1000}", camera, track, frame, now - 0.05, now - 0.04,
+                    now - 0.01, score, "face", "t", label)
+    r.xadd(keys.stream(FaceScore), msg.to_fields())
+
+
+def decisions(r: redis.Redis, keys: Keys) -> list[Decision]:
+    return [Decision.from_fields(f) for _, f in r.xrange(keys.stream(Decision))]
+
+
+def test_policy_defaults_decide_as_documented() -> None:
+    policy = Policy()
+    ev = TrackEvidence()
+    for i in range(3):
+        ev.add("face", 0.05, 1.0 + i, policy)
+    assert ev.decide(policy)[0] == "live"
+    ev = TrackEvidence()
+    for i in range(3):
+        ev.add("face", 0.95, 1.0 + i, policy)
+    assert ev.decide(policy)[0] == "spoof"
+    assert TrackEvidence.from_hash({k.encode(): v.encode() for k, v in ev.to_hash().items()}) == ev
+
+
+def test_interleaved_tracks_and_duplicates(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
+    keys = Keys(prefix)
+    proc = start(config(tmp_path, prefix))
+    try:
+        for frame in range(6):
+            face(r, keys, "cam1", "live-track", frame, 0.04)
+            face(r, keys, "cam1", "photo-track", frame, 0.97)
+            face(r, keys, "cam2", "unsure-track", frame, 0.5 + (0.05 if frame % 2 else -0.05))
+            r.xadd(keys.stream(EyeScore), EyeScore(f"e{frame}", "cam1", "live-track", frame, time.time(), time.time(),
+                                                   time.time(), 0.1, "eye", "t").to_fields())
+        # at-least-once delivery upstream: the same results again, under new entry ids
+        for frame in range(6):
+            face(r, keys, "cam1", "photo-track", frame, 0.97)
+        wait_for(lambda: len(decisions(r, keys)) >= 2 and r.xpending(keys.stream(FaceScore), keys.group("fusion"))
+                 ["pending"] == 0 and not r.xinfo_groups(keys.stream(FaceScore))[0]["lag"], timeout_s=30)
+        time.sleep(1)
+    finally:
+        out = stop(proc)
+    got = {d.track: d for d in decisions(r, keys)}
+    assert got["live-track"].verdict == "live" and got["photo-track"].verdict == "spoof"
+    assert "unsure-track" not in got
+    assert len(decisions(r, keys)) == 2, "one decision per track"
+    photo = TrackEvidence.from_hash(r.hgetall(keys.track_state("photo-track")))
+    assert photo.face_n == 6, "duplicates were not counted"
+    live = TrackEvidence.from_hash(r.hgetall(keys.track_state("live-track")))
+    assert live.eye_n == 6 and live.face_n == 6
+    assert 0 < r.ttl(keys.track_state("live-track")) <= 60
+    assert "Traceback" not in out
+
+
+def test_labels_move_the_accuracy_gauges(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
+    keys = Keys(prefix)
+    port = free_port()
+    proc = start(config(tmp_path, prefix, port))
+    try:
+        # camera labels travel with the scores: door has 2 attacks (one accepted) and 1 live
+        for frame in range(4):
+            face(r, keys, "door", "a1", frame, 0.96, "spoof")
+            face(r, keys, "door", "a2", frame, 0.03, "spoof")
+            face(r, keys, "door", "l1", frame, 0.04, "live")
+            face(r, keys, "gate", "g1", frame, 0.95)
+        wait_for(lambda: len(decisions(r, keys)) >= 4, timeout_s=30)
+        wait_for(lambda: metric(port, 'liveness_apcer{camera="door",window="run"}') == 0.5, timeout_s=10)
+        assert metric(port, 'liveness_bpcer{camera="door",window="run"}') == 0.0
+        assert metric(port, 'liveness_acer{camera="door",window="run"}') == 0.25
+        # operator feedback: g1 (no camera label, decided spoof) was in fact live
+        res = subprocess.run(liveness_cmd("label", "--config", str(config(tmp_path, prefix, port)), "--camera", "gate",
+                                          "--track", "g1", "live"), capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        wait_for(lambda: metric(port, 'liveness_bpcer{camera="gate",window="run"}') == 1.0, timeout_s=10)
+        # overall: attacks a1 (accepted), a2 (rejected); live l1 (accepted), g1 (rejected)
+        assert metric(port, 'liveness_apcer{camera="all",window="run"}') == 0.5
+        assert metric(port, 'liveness_bpcer{camera="all",window="run"}') == 0.5
+        assert metric(port, 'liveness_decisions_total{camera="door",verdict="live"}') == 2
+        assert metric(port, "liveness_time_to_decision_seconds_count") == 4
+    finally:
+        stop(proc)
+
+
+def test_restart_mid_run_neither_loses_nor_repeats_decisions(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
+    keys = Keys(prefix)
+    cfg = config(tmp_path, prefix)
+    proc = start(cfg)
+    tracks = [f"t{i}" for i in range(20)]
+    try:
+        for frame in range(2):
+            for i, t in enumerate(tracks):
+                face(r, keys, "cam", t, frame, 0.97 if i % 2 else 0.03)
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        for frame in range(2, 8):
+            for i, t in enumerate(tracks):
+                face(r, keys, "cam", t, frame, 0.97 if i % 2 else 0.03)
+        proc = start(cfg, "f2")
+        wait_for(lambda: len(decisions(r, keys)) >= len(tracks), timeout_s=60)
+        time.sleep(2)
+    finally:
+        stop(proc)
+    got = decisions(r, keys)
+    assert sorted(d.track for d in got) == sorted(tracks), "each track decided exactly once"
+    assert all(d.verdict == ("spoof" if int(d.track[1:]) % 2 else "live") for d in got)
+
+
+def test_decisions_command_prints_json_lines(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
+    keys = Keys(prefix)
+    d = Decision("cam", "cam:1:1", "spoof", 0.9, 3.0, 0.0, 5, 1.0, 2.0, 2.1, "evidence")
+    r.xadd(keys.stream(Decision), d.to_fields())
+    r.xadd(keys.stream(Decision), d.to_fields())
+    res = subprocess.run(liveness_cmd("decisions", "--config", str(config(tmp_path, prefix)), "--json", "--count", "1"),
+                         capture_output=True, text=True, timeout=60)
+    lines = res.stdout.strip().splitlines()
+    assert res.returncode == 0 and len(lines) == 1
+    assert json.loads(lines[0])["verdict"] == "spoof"
+    res = subprocess.run(liveness_cmd("decisions", "--config", str(config(tmp_path, prefix)), "--json", "--follow",
+                                      "--from-start", "--timeout", "2"), capture_output=True, text=True, timeout=60)
+    assert len(res.stdout.strip().splitlines()) == 2
+    r.xadd(keys.stream(Label), {"v": b"1"})

@@ -270,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    serve(settings.metrics, name)
+    serve(settings.metrics, name, getattr(args, "metrics_port", None))
     client = connect(settings.redis)
     if wait_until_up(client, name, settings.redis.url, stop):
         Fusion(settings, client, name, stop).start()

@@ -64,6 +64,14 @@ def _label(p: argparse.ArgumentParser) -> None:
     p.add_argument("label", choices=["live", "spoof"])
 
 
+def _run(p: argparse.ArgumentParser) -> None:
+    _config(p)
+    p.add_argument("--face-workers", type=int, default=1, help="face worker processes")
+    p.add_argument("--eye-workers", type=int, default=1, help="eye worker processes")
+    p.add_argument("--loop", action="store_true", help="loop video-file cameras")
+    p.add_argument("--duration", type=float, help="stop after S seconds (default: until ^C)")
+
+
 def _train_face(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=["nuaa", "folders"], default="nuaa")
     p.add_argument("--root", required=True, help="dataset root")
@@ -74,7 +82,8 @@ def _train_face(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-session", default=None,
                    help="validate on this session only and ship that fold (default: both folds, then all data)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds for the cross-session figures")
-    p.add_argument("--norm", choices=["crop", "fixed"], default="crop", help="input normalisation")
+    p.add_argument("--norm", choices=["crop", "grey", "fixed"], default="crop",
+                   help="input normalisation: per crop (colour or grey) or fixed")
     p.add_argument("--no-dog", action="store_true", help="no difference-of-Gaussians channel")
     p.add_argument("--no-photometric", action="store_true", help="no lighting augmentation")
     p.add_argument("--synthetic", type=float, default=0.0, help="fraction of live crops made synthetic attacks")
@@ -118,6 +127,7 @@ def _bench(p: argparse.ArgumentParser) -> None:
 
 
 COMMANDS: dict[str, tuple[str, str, Adder]] = {
+    "run": ("liveness.run", "run everything: cameras, worker pools, fusion (demo without --config)", _run),
     "ingest": ("ingest.service", "read cameras, publish faces and eye ratios to Redis", _ingest),
     "face-worker": ("workers.face", "score face crops with the face model", _worker),
     "eye-worker": ("workers.eye", "score eye windows with the eye model", _worker),

@@ -9,11 +9,15 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from prometheus_client import Counter
+
+from liveness.errors import LivenessError
+from liveness.redaction import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +50,11 @@ class ProcessSpec:
 def _child(target: Callable[..., Any], args: tuple[Any, ...], name: str, level: int) -> None:
     logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor sends SIGTERM; ^C is for it
-    target(*args)
+    try:
+        target(*args)
+    except LivenessError as e:  # a clear line, not a traceback; the supervisor restarts us
+        logging.getLogger(name).error("%s: %s", name, redact_text(str(e)))
+        sys.exit(2)
 
 
 class Supervisor:

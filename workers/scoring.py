@@ -102,7 +102,7 @@ def run_worker(args: argparse.Namespace, worker: type[ScoringWorker], section: s
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    serve(settings.metrics, name)
+    serve(settings.metrics, name, getattr(args, "metrics_port", None))
     client = connect(settings.redis)
     if wait_until_up(client, name, settings.redis.url, stop):
         retention = settings.streams.crop_retention_s if section == "face_worker" else None

@@ -67,8 +67,16 @@ def bench_face(args: argparse.Namespace) -> dict[str, Any]:
             "ratio_b1": round(ms_b1 / ref, 4), "ratio_b32": round(ms_b32 / ref, 4), "blas": pools}
 
 
+def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
+    """Full ingest against decoding alone (``ingest/bench.py``)."""
+    from ingest.bench import bench_ingest as ingest
+
+    return ingest(args)
+
+
 BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "face": bench_face,
+    "ingest": bench_ingest,
 }
 """What -> its benchmark; each returns one JSON-ready dict."""
 

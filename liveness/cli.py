@@ -72,6 +72,18 @@ def _run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, help="stop after S seconds (default: until ^C)")
 
 
+def _replay(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", choices=["nuaa", "folders"], required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--split", default=None, help="nuaa: train, all, session-01, ...; folders: a subfolder")
+    p.add_argument("--port", type=int, default=8554, help="RTSP port")
+    p.add_argument("--fps", type=float, default=15.0, help="frame rate of image sequences")
+    p.add_argument("--limit", type=int, help="serve at most N sequences")
+    p.add_argument("--loop", action="store_true", default=True, help="loop every sequence (always on)")
+    p.add_argument("--write-config", required=True, metavar="FILE", help="camera config to write")
+    p.add_argument("--base-config", metavar="FILE", help="merge the cameras into this config")
+
+
 def _train_face(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=["nuaa", "folders"], default="nuaa")
     p.add_argument("--root", required=True, help="dataset root")
@@ -132,6 +144,7 @@ COMMANDS: dict[str, tuple[str, str, Adder]] = {
     "face-worker": ("workers.face", "score face crops with the face model", _worker),
     "eye-worker": ("workers.eye", "score eye windows with the eye model", _worker),
     "fusion": ("fusion.service", "join scores per track and decide live/spoof", _fusion),
+    "replay": ("liveness.replay", "serve a labelled dataset as RTSP cameras, write their config", _replay),
     "decisions": ("fusion.decisions", "print decisions (JSON lines with --json)", _decisions),
     "label": ("fusion.label", "operator feedback: the ground truth of a track", _label),
     "train-face": ("models.train_face", "train and export the face model (extra 'train')", _train_face),

@@ -84,6 +84,18 @@ def _replay(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-config", metavar="FILE", help="merge the cameras into this config")
 
 
+def _analyze(p: argparse.ArgumentParser) -> None:
+    _config(p)
+    p.add_argument("files", nargs="+", metavar="FILE", help="video clips (paths the jobs workers can read)")
+    p.add_argument("--wait", action="store_true", help="wait and print each result as JSON")
+    p.add_argument("--timeout", type=float, default=3600, help="with --wait: give up after S seconds")
+
+
+def _jobs_worker(p: argparse.ArgumentParser) -> None:
+    _config(p)
+    p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+
+
 def _train_face(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=["nuaa", "folders"], default="nuaa")
     p.add_argument("--root", required=True, help="dataset root")
@@ -145,6 +157,9 @@ COMMANDS: dict[str, tuple[str, str, Adder]] = {
     "eye-worker": ("workers.eye", "score eye windows with the eye model", _worker),
     "fusion": ("fusion.service", "join scores per track and decide live/spoof", _fusion),
     "replay": ("liveness.replay", "serve a labelled dataset as RTSP cameras, write their config", _replay),
+    "analyze": ("workers.jobs:run_analyze", "queue clips for analysis (rq jobs)", _analyze),
+    "jobs-worker": ("workers.jobs:run_worker", "run queued clip jobs", _jobs_worker),
+    "jobs": ("workers.jobs:run_list", "list clip jobs and their results", _config),
     "decisions": ("fusion.decisions", "print decisions (JSON lines with --json)", _decisions),
     "label": ("fusion.label", "operator feedback: the ground truth of a track", _label),
     "train-face": ("models.train_face", "train and export the face model (extra 'train')", _train_face),
@@ -176,9 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    module = importlib.import_module(args.module)
+    module_name, _, func = args.module.partition(":")
+    module = importlib.import_module(module_name)
     try:
-        return int(module.run(args) or 0)
+        return int(getattr(module, func or "run")(args) or 0)
     except LivenessError as e:
         print(f"liveness {args.command}: error: {redact_text(str(e))}", file=sys.stderr)
         return 2

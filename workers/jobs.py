@@ -1,0 +1,119 @@
+"""Clip jobs with rq: recorded clips analysed by the same code as ``evaluate --model fused``.
+
+``liveness analyze FILE…`` enqueues one job per clip; ``liveness jobs-worker`` runs them
+with models loaded once (rq's SimpleWorker, no fork per job); ``liveness jobs`` lists them.
+Jobs and results travel as JSON (rq's JSONSerializer): nothing is ever unpickled. Clip
+paths must be readable by the jobs workers (shared storage on several machines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import asdict
+from functools import lru_cache
+from pathlib import Path
+
+from rq import Queue, Retry, SimpleWorker
+from rq.job import Job
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from liveness.config import load_settings
+from liveness.defaults import artifact_path
+from liveness.errors import LivenessError
+from liveness.evidence import Policy
+from liveness.eyes import INPUT_SIZE
+from liveness.redisconn import connect
+from workers.offline import OfflineAnalyzer
+from workers.runners import FACE_INPUT_SHAPE, OnnxModel
+
+log = logging.getLogger(__name__)
+
+JOB_TIMEOUT_S = 600
+"""Longest one clip may take before rq stops it, seconds."""
+
+RESULT_TTL_S = 7 * 24 * 3600
+"""How long results stay in Redis, seconds."""
+
+
+def queue(settings_path: str | None) -> Queue:
+    settings = load_settings(settings_path)
+    return Queue(f"{settings.prefix}-clips", connection=connect(settings.redis), serializer=JSONSerializer)
+
+
+@lru_cache(maxsize=1)
+def analyzer() -> OfflineAnalyzer:
+    """Models loaded once per jobs worker."""
+    policy_path = artifact_path("fusion.json")
+    policy = Policy.load(policy_path) if policy_path.is_file() else Policy()
+    return OfflineAnalyzer(OnnxModel(artifact_path("face.onnx"), input_shape=FACE_INPUT_SHAPE),
+                           OnnxModel(artifact_path("eye.onnx"), input_shape=(INPUT_SIZE,)), policy)
+
+
+def analyze_clip(path: str) -> dict[str, object]:
+    """The job: per-track decisions of one clip, and the clip's decision (its longest track)."""
+    from models.datasets import Sequence  # reads videos with rotation metadata honoured
+
+    clip = Path(path)
+    if not clip.is_file():
+        raise LivenessError(f"clip {path}: no such file on this worker")
+    t0 = time.time()
+    tracks = analyzer().analyze(Sequence(clip.name, "live", video=clip).read())
+    decision = tracks[0].verdict if tracks else "undecided"
+    return {
+        "clip": str(clip), "decision": decision, "seconds": round(time.time() - t0, 2),
+        "tracks": [{k: v for k, v in asdict(t).items() if k not in ("face_scores", "eye_scores")} for t in tracks],
+    }
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    q = queue(args.config)
+    jobs = [q.enqueue(analyze_clip, str(Path(f).resolve()), job_timeout=JOB_TIMEOUT_S, result_ttl=RESULT_TTL_S,
+                      failure_ttl=RESULT_TTL_S, retry=Retry(max=2, interval=[5, 30]), description=f"analyze {f}")
+            for f in args.files]
+    for job in jobs:
+        print(f"queued {job.id} {job.args[0]}")
+    if not args.wait:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    pending = list(jobs)
+    failed = 0
+    while pending and time.monotonic() < deadline:
+        for job in list(pending):
+            status = job.get_status(refresh=True)
+            if status == "finished":
+                print(json.dumps({"job": job.id, **job.return_value()}))  # type: ignore[dict-item]
+                pending.remove(job)
+            elif status in ("failed", "stopped", "canceled"):
+                print(json.dumps({"job": job.id, "clip": job.args[0], "status": str(status)}))
+                failed += 1
+                pending.remove(job)
+        time.sleep(0.5)
+    return 1 if failed or pending else 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    q = queue(args.config)
+    SimpleWorker([q], connection=q.connection, serializer=JSONSerializer).work(burst=args.burst)
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    q = queue(args.config)
+    rows = [("queued", q.job_ids)]
+    for name, reg in (("started", StartedJobRegistry), ("finished", FinishedJobRegistry), ("failed", FailedJobRegistry)):
+        rows.append((name, reg(queue=q).get_job_ids()))
+    for status, ids in rows:
+        for job in Job.fetch_many(ids, connection=q.connection, serializer=JSONSerializer):
+            if job is None:
+                continue
+            out = {"job": job.id, "status": status, "clip": job.args[0] if job.args else None}
+            if status == "finished":
+                out["decision"] = (job.return_value() or {}).get("decision")
+            elif status == "failed":
+                out["error"] = (job.latest_result().exc_string or "").strip().splitlines()[-1:]  # type: ignore[union-attr]
+            print(json.dumps(out))
+    return 0

@@ -1,0 +1,127 @@
+"""The whole pipeline offline, on one clip or sequence: what ``evaluate --model fused`` and clip
+jobs run.
+
+The same code as the live path, in the same order: the face tracker and eye windows of
+ingest, the ONNX models of the workers, the evidence and decision rule of fusion. Only the
+transport differs (no Redis), and inference is batched per clip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import cv2
+import numpy as np
+
+from liveness.config import CameraDefaults
+from liveness.errors import PoisonMessageError
+from liveness.evidence import Policy, TrackEvidence
+from liveness.eyes import EyeHistory, eye_input
+from liveness.face import FacePipeline, align_crop
+from liveness.tracking import FaceTracker
+from workers.runners import OnnxModel
+
+
+@dataclass
+class TrackResult:
+    """One track's outcome: its final verdict and how long the first decision took."""
+
+    track: str
+    frames: int
+    first_ts: float
+    last_ts: float
+    verdict: str = "undecided"
+    confidence: float = 0.0
+    face_evidence: float = 0.0
+    eye_evidence: float = 0.0
+    face_scores: list[float] = field(default_factory=list)
+    eye_scores: list[float] = field(default_factory=list)
+    decision_frames: int | None = None
+    decision_s: float | None = None
+
+
+@dataclass
+class _Event:
+    ts: float
+    frame: int
+    kind: str
+    row: np.ndarray
+
+
+class OfflineAnalyzer:
+    """Runs clips through tracker, models and fusion; reusable across clips (models load once)."""
+
+    def __init__(self, face_model: OnnxModel, eye_model: OnnxModel, policy: Policy,
+                 camera: CameraDefaults | None = None, rule: str = "evidence") -> None:
+        self.face_model = face_model
+        self.eye_model = eye_model
+        self.policy = policy
+        self.camera = camera or CameraDefaults()
+        self.rule = rule
+        self.pipeline = FacePipeline(self.camera.detect, self.camera.crop)
+
+    def analyze(self, frames: Iterable[tuple[float, np.ndarray]]) -> list[TrackResult]:
+        """Tracks of one clip, longest first. ``frames`` yields (seconds, BGR frame)."""
+        tracker = FaceTracker(self.pipeline)
+        histories: dict[str, EyeHistory] = {}
+        events: dict[str, list[_Event]] = {}
+        results: dict[str, TrackResult] = {}
+        last_ts = -1e9
+        processed = 0
+        size = self.face_model.input_shape[-1]
+        for ts, image in frames:
+            if ts - last_ts < 1.0 / self.camera.max_fps - 1e-3:
+                continue  # as ingest: frames above max_fps are dropped
+            last_ts = ts
+            for track in tracker.update(image, processed):
+                res = results.setdefault(track.id, TrackResult(track.id, 0, ts, ts))
+                res.frames += 1
+                res.last_ts = ts
+                hist = histories.setdefault(track.id, EyeHistory())
+                hist.add(ts, track.face.left, track.face.right)
+                ev = events.setdefault(track.id, [])
+                window = hist.window()
+                if window is not None:
+                    try:
+                        ev.append(_Event(ts, processed, "eye", eye_input(window, hist.open_level)))
+                    except PoisonMessageError:
+                        pass  # as the eye worker: an unscorable window is not evidence
+                if (res.frames - 1) % self.camera.crop_every == 0:
+                    crop = align_crop(image, track.face.landmarks, self.camera.crop)
+                    ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, self.camera.crop.jpeg_quality])
+                    if ok:  # the workers see the crop after JPEG, so offline does too
+                        crop = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+                        if crop.shape[0] != size:
+                            crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+                        ev.append(_Event(ts, processed, "face", crop))
+            processed += 1
+        for track_id, ev in events.items():
+            self._decide(results[track_id], ev)
+        return sorted(results.values(), key=lambda r: -r.frames)
+
+    def _score(self, model: OnnxModel, rows: list[np.ndarray]) -> list[float]:
+        out: list[float] = []
+        for i in range(0, len(rows), 64):
+            out += [float(s) for s in model.predict(np.stack(rows[i:i + 64]))]
+        return out
+
+    def _decide(self, res: TrackResult, events: list[_Event]) -> None:
+        """Replay the track's scores in capture order through fusion's evidence and rule."""
+        faces = [e for e in events if e.kind == "face"]
+        eyes = [e for e in events if e.kind == "eye"]
+        scores = dict(zip(map(id, faces), self._score(self.face_model, [e.row for e in faces]) if faces else []))
+        scores.update(zip(map(id, eyes), self._score(self.eye_model, [e.row for e in eyes]) if eyes else []))
+        ev = TrackEvidence()
+        first_frame = events[0].frame if events else 0
+        for e in sorted(events, key=lambda e: (e.ts, e.kind)):
+            score = scores[id(e)]
+            (res.face_scores if e.kind == "face" else res.eye_scores).append(score)
+            ev.add(e.kind, score, e.ts, self.policy)  # type: ignore[arg-type]
+            verdict, confidence = ev.decide(self.policy, self.rule)
+            if verdict != "undecided":
+                if res.decision_s is None:
+                    res.decision_s = e.ts - res.first_ts
+                    res.decision_frames = e.frame - first_frame + 1
+                res.verdict, res.confidence = verdict, confidence
+        res.face_evidence, res.eye_evidence = ev.evidence(self.policy)

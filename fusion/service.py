@@ -73,6 +73,7 @@ class FusionConsumer(StreamConsumer):
                          stop=fusion.stop, redis_url=s.redis.url)
         self.fusion = fusion
         self.kind = kind
+        metrics.DUPLICATES.labels(kind)
 
     def decode(self, entries: list[Entry]) -> tuple[list[Item], dict[str, str]]:
         items: list[Item] = []

@@ -93,7 +93,11 @@ class IngestService:
         self.pipeline = FacePipeline(self.camera.detect, self.camera.crop)
         counter = iter(range(1, 1 << 62))
         self.tracker = FaceTracker(self.pipeline, lambda: f"{self.camera.id}:{self.session}:{next(counter)}")
-        metrics.CAMERA_UP.labels(self.camera.id).set(0)
+        cam = self.camera.id
+        for family in (metrics.FRAMES_READ, metrics.FRAMES_PROCESSED, metrics.FRAMES_SKIPPED, metrics.FRAMES_SHED,
+                       metrics.FACES, metrics.TRACKS, metrics.RECONNECTS, metrics.PUBLISH_ERRORS, metrics.CAMERA_FPS):
+            family.labels(cam)  # exported at 0 from the start, so dashboards show a flat line, not "no data"
+        metrics.CAMERA_UP.labels(cam).set(0)
         log.info("%s: source %s, session %d", self.who, describe(self.camera.source), self.session)
         try:
             self.capture_loop()

@@ -26,6 +26,7 @@ from liveness.contract import Decision, Keys
 from liveness.demo import write_clip
 from liveness.errors import PoisonMessageError
 from liveness.localredis import PrivateRedis, answers
+from liveness.metrics import serve
 from liveness.redaction import redact_url
 from liveness.redisconn import connect
 from liveness.supervisor import ProcessSpec, Supervisor
@@ -129,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         if settings.metrics.port:
             for i, spec in enumerate(specs):
                 log.info("run: %-22s metrics on :%d/metrics", spec.name, settings.metrics.port + i)
+            serve(settings.metrics, "run: supervisor", settings.metrics.port + len(specs))
         stop = threading.Event()
         stack.callback(stop.set)
         threading.Thread(target=print_decisions, args=(settings, stop), daemon=True).start()

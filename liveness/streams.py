@@ -83,6 +83,10 @@ class StreamConsumer:
         self._next_claim = 0.0
         self._next_info = 0.0
         self._claim_cursor = "0-0"
+        for family in (RECLAIMED, HANDLE_ERRORS, REDIS_ERRORS, PROCESSED):  # exported at 0 from the start
+            family.labels(group)
+        for reason in ("poison", "max_deliveries"):
+            DEAD.labels(group, reason)
 
     def ensure_group(self) -> None:
         """Create the group (and stream) if missing; it starts from the stream's beginning."""
@@ -151,7 +155,7 @@ class StreamConsumer:
         too_often: dict[str, str] = {}
         for entry_id, fields in entries:
             if deliveries.get(entry_id, 1) > self.max_deliveries:
-                too_often[entry_id] = f"delivered {deliveries[entry_id]} times without success"
+                too_often[entry_id] = f"max_deliveries: delivered {deliveries[entry_id]} times without success"
             else:
                 keep.append((entry_id, fields))
         if too_often:
@@ -192,7 +196,7 @@ class StreamConsumer:
                     b"reason": reason[:DEAD_REASON_MAX].encode(), b"group": self.group.encode()}
             dead.update({b"f:" + k: v for k, v in fields_by_id.get(entry_id, {}).items()})
             pipe.xadd(self.keys.dead(self.stream), dead, maxlen=self.dead_maxlen, approximate=True)
-            DEAD.labels(self.group, reason.split(":")[0][:40]).inc()
+            DEAD.labels(self.group, "max_deliveries" if reason.startswith("max_deliveries") else "poison").inc()
             log.warning("%s: dead-lettered %s: %s", self.name, entry_id, reason[:200])
         if outcome.dead and self.dead_retention_s:  # dead crops are biometric data too
             min_id = int((time.time() - self.dead_retention_s) * 1000)

@@ -1,0 +1,333 @@
+"""Offline checks of deploy/, docker-compose.yml and the Dockerfile: no daemon, no cluster.
+
+Compose is checked by ``docker-compose config`` (Debian's docker-compose), Prometheus files
+and the dashboard's PromQL by ``promtool``, k8s manifests by their cross-references and,
+when ``kubernetes-validate`` is installed, by the Kubernetes schemas.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+
+from liveness.cli import COMMANDS
+from liveness.config import load_settings
+from liveness.contract import EyeSample, FaceCrop, Keys
+from liveness.defaults import METRICS_PORT
+from tests.deploy.dashboard import DASHBOARD, load, panel_queries
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+CONFIG_IN_CONTAINER = "/etc/liveness/config.yaml"
+LIVENESS_SERVICES = ("ingest", "face-worker", "eye-worker", "fusion")
+WORKER_STREAMS = {"face-worker": (FaceCrop, "face-workers"), "eye-worker": (EyeSample, "eye-workers")}
+METRIC_MODULES = ("ingest.metrics", "workers.metrics", "fusion.metrics", "liveness.streams", "liveness.metrics",
+                  "liveness.supervisor")
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "summary": ("", "_sum", "_count")}
+"""Sample names a metric family exposes, by type; other types expose their own name."""
+
+DASHBOARD_METRICS = {
+    "liveness_decisions_total", "liveness_apcer", "liveness_bpcer", "liveness_acer",
+    "liveness_time_to_decision_seconds_bucket", "liveness_pipeline_latency_seconds_bucket",
+    "liveness_stage_latency_seconds_bucket", "liveness_ingest_stage_seconds_bucket",
+    "liveness_consumer_lag", "liveness_consumer_pending", "liveness_scored_total", "liveness_batch_size_bucket",
+    "liveness_camera_up", "liveness_camera_fps", "liveness_camera_reconnects_total", "liveness_frames_shed_total",
+    "liveness_messages_dead_lettered_total",
+}
+"""What the dashboard must show (issue 6, deploy/)."""
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (Debian package {'prometheus' if name == 'promtool' else name})")
+    return path
+
+
+def yaml_docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+
+
+# --- docker-compose -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    """``docker-compose config``: the file validated and normalised (paths made absolute)."""
+    proc = subprocess.run([tool("docker-compose"), "-f", str(ROOT / "docker-compose.yml"), "config"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"docker-compose config failed:\n{proc.stderr}"
+    return yaml.safe_load(proc.stdout)
+
+
+def volumes(service: dict) -> dict[str, str]:
+    """Container path -> volume name or host path, for both volume syntaxes."""
+    out = {}
+    for v in service.get("volumes", []):
+        source, target = v.split(":")[:2] if isinstance(v, str) else (v["source"], v["target"])
+        out[target] = source
+    return out
+
+
+def mounts(service: dict) -> dict[str, Path]:
+    """Container path -> host path of a service's bind mounts."""
+    return {target: Path(source) for target, source in volumes(service).items() if source.startswith("/")}
+
+
+def test_compose_runs_every_service(compose: dict) -> None:
+    services = compose["services"]
+    assert set(services) >= {"redis", *LIVENESS_SERVICES, "prometheus", "grafana", "mediamtx", "demo-source"}
+    for name in LIVENESS_SERVICES:
+        svc = services[name]
+        assert svc["image"] == services["ingest"]["image"], f"{name}: every liveness service runs one image"
+        assert svc["command"][0] == name and svc["command"][0] in COMMANDS, f"{name}: {svc['command']}"
+        assert svc["command"][svc["command"].index("--config") + 1] == CONFIG_IN_CONTAINER
+    for name in WORKER_STREAMS:
+        assert services[name]["deploy"]["replicas"] >= 2, f"{name}: scaled with deploy.replicas"
+
+
+def test_compose_redis_persists(compose: dict) -> None:
+    redis_svc = compose["services"]["redis"]
+    command = " ".join(redis_svc["command"])
+    assert "--appendonly yes" in command
+    assert volumes(redis_svc).get("/data") in compose["volumes"], "redis: /data must be a named volume, or the AOF dies with the container"
+
+
+@pytest.mark.parametrize("name", LIVENESS_SERVICES)
+def test_compose_config_validates(compose: dict, name: str) -> None:
+    services = compose["services"]
+    svc = services[name]
+    environ = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
+    settings = load_settings(mounts(svc)[CONFIG_IN_CONTAINER], environ=environ)
+    assert urlsplit(settings.redis.url).hostname in services, settings.redis.url
+    assert settings.cameras, "the compose config has a camera"
+    for cam in settings.cameras:
+        if isinstance(cam.source, str) and cam.source.startswith("rtsp://"):
+            assert urlsplit(cam.source).hostname in services, f"camera {cam.id}: {cam.source}"
+    assert str(settings.metrics.port) in {str(p) for p in svc["expose"]}
+
+
+def test_compose_grafana_home_dashboard(compose: dict) -> None:
+    grafana = compose["services"]["grafana"]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    binds = mounts(grafana)
+    on_host = [src / Path(home).relative_to(dst) for dst, src in binds.items() if Path(home).is_relative_to(dst)]
+    assert on_host == [DASHBOARD], f"{home} is not deploy/grafana/dashboards/liveness.json"
+    assert binds["/etc/grafana/provisioning"] == DEPLOY / "grafana" / "provisioning"
+    provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/liveness.yml").read_text())
+    assert [p["options"]["path"] for p in provider["providers"]] == [str(Path(home).parent)]
+
+
+def test_compose_prometheus_scrapes_every_liveness_service(compose: dict) -> None:
+    prometheus = compose["services"]["prometheus"]
+    config_file = mounts(prometheus)["/etc/prometheus/prometheus.yml"]
+    assert config_file == DEPLOY / "prometheus" / "prometheus.yml"
+    scraped = {}
+    for job in yaml.safe_load(config_file.read_text())["scrape_configs"]:
+        for sd in job.get("dns_sd_configs", []):
+            scraped.update({name: sd["port"] for name in sd["names"]})
+    assert scraped == {name: METRICS_PORT for name in LIVENESS_SERVICES}
+    assert set(scraped) <= set(compose["services"])
+
+
+# --- Prometheus and the dashboard ------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["prometheus.yml", "prometheus-local.yml"])
+def test_prometheus_config_is_valid(name: str) -> None:
+    proc = subprocess.run([tool("promtool"), "check", "config", str(DEPLOY / "prometheus" / name)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_prometheus_local_covers_the_metrics_ports() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus-local.yml").read_text())
+    targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    assert {f"localhost:{p}" for p in range(METRICS_PORT, METRICS_PORT + 21)} <= targets
+
+
+def exposed_metric_names() -> set[str]:
+    """Every sample name the services' metric definitions expose."""
+    for module in METRIC_MODULES:
+        importlib.import_module(module)
+    names = set()
+    for family in REGISTRY.collect():
+        names.update(family.name + s for s in SUFFIXES.get(family.type, ("",)))
+    return names
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    without_strings = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    return set(re.findall(r"\bliveness_[A-Za-z0-9_]+", without_strings))
+
+
+def test_dashboard_panels_have_promql() -> None:
+    dashboard = load()
+    for panel in dashboard["panels"]:
+        exprs = [t.get("expr", "").strip() for t in panel.get("targets", [])]
+        assert exprs and all(exprs), f"panel {panel.get('title')!r} has no PromQL target"
+        assert promql_metric_names(" ".join(exprs)), f"panel {panel['title']!r} queries no liveness metric"
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+
+
+def test_dashboard_metrics_exist_in_code() -> None:
+    exposed = exposed_metric_names()
+    used = set().union(*(promql_metric_names(expr) for _, expr in panel_queries()))
+    assert used - exposed == set(), "the dashboard queries metrics no service defines"
+    assert DASHBOARD_METRICS - used == set(), "the dashboard misses metrics it must show"
+
+
+def test_dashboard_camera_variable() -> None:
+    dashboard = load()
+    (camera,) = [v for v in dashboard["templating"]["list"] if v["name"] == "camera"]
+    assert camera["query"]["query"] == "label_values(liveness_camera_up, camera)"
+    assert camera["multi"] and camera["includeAll"]
+    camera_panels = [t["expr"] for p in dashboard["panels"] for t in p["targets"] if "camera" in t["expr"]]
+    assert all('camera=~"$camera"' in e for e in camera_panels if "by (camera" not in e or "{" in e)
+    assert any("$camera" in e for e in camera_panels)
+    datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    uids = {d["uid"] for d in datasource["datasources"]}
+    assert {p["datasource"]["uid"] for p in dashboard["panels"]} <= uids
+
+
+def test_dashboard_promql_parses(tmp_path: Path) -> None:
+    """promtool parses every query as a recording rule: a syntax error fails here, offline."""
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:panel_{i}", "expr": expr} for i, (_, expr) in enumerate(panel_queries())]}]}
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump(rules), encoding="utf-8")
+    proc = subprocess.run([tool("promtool"), "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_panel_queries_fill_variables() -> None:
+    queries = panel_queries()
+    assert len(queries) >= len(load()["panels"])
+    assert not [q for _, q in queries if "$" in q]
+
+
+# --- Kubernetes ----------------------------------------------------------------------------
+
+def manifests() -> list[dict]:
+    files = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    return [doc for path in files for doc in yaml_docs(path)]
+
+
+def by_kind(kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in manifests() if d["kind"] == kind}
+
+
+def test_manifests_parse_and_are_named() -> None:
+    docs = manifests()
+    assert docs
+    for doc in docs:
+        assert doc.get("apiVersion") and doc.get("kind") and doc.get("metadata", {}).get("name"), doc
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == files
+
+
+@pytest.mark.parametrize("name", LIVENESS_SERVICES)
+def test_deployment(name: str) -> None:
+    deployment = by_kind("Deployment")[name]
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert pod["spec"]["securityContext"]["runAsUser"] != 0
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(METRICS_PORT)
+    (container,) = pod["spec"]["containers"]
+    assert container["image"]
+    assert container["command"][:2] == ["liveness", name] and name in COMMANDS
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][kind]), f"{name}: resources.{kind}"
+    config_path = container["command"][container["command"].index("--config") + 1]
+    mounted = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    config_volume = next(n for n, p in mounted.items() if config_path.startswith(p + "/"))
+    assert volumes[config_volume]["configMap"]["name"] in by_kind("ConfigMap")
+    secrets = by_kind("Secret")
+    for env in container["env"]:
+        ref = env["valueFrom"]["secretKeyRef"]
+        assert ref["key"] in secrets[ref["name"]]["stringData"], f"{name}: env {env['name']}"
+    assert any(e["name"] == "LIVENESS_REDIS__URL" for e in container["env"])
+
+
+def test_configmap_config_validates(tmp_path: Path) -> None:
+    (configmap,) = by_kind("ConfigMap").values()
+    path = tmp_path / "config.yaml"
+    path.write_text(configmap["data"]["config.yaml"], encoding="utf-8")
+    secret = by_kind("Secret")["liveness-redis"]["stringData"]
+    settings = load_settings(path, environ={"LIVENESS_REDIS__URL": secret["url"]})
+    assert settings.redis.url == secret["url"] and settings.cameras
+    assert f"{urlsplit(secret['url']).hostname}:{urlsplit(secret['url']).port}" == secret["address"]
+
+
+def test_services_select_pods() -> None:
+    pod_labels = [d["spec"]["template"]["metadata"]["labels"] for d in manifests() if d["kind"] in ("Deployment", "StatefulSet")]
+    for name, service in by_kind("Service").items():
+        selector = service["spec"]["selector"].items()
+        assert any(selector <= labels.items() for labels in pod_labels), f"service {name} selects no pod"
+
+
+@pytest.mark.parametrize("name", WORKER_STREAMS)
+def test_scaled_object_scales_on_its_group(name: str) -> None:
+    message, role = WORKER_STREAMS[name]
+    keys = Keys()
+    scaled = by_kind("ScaledObject")[name]
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    target = by_kind("Deployment")[scaled["spec"]["scaleTargetRef"]["name"]]
+    assert target["metadata"]["name"] == name
+    (trigger,) = scaled["spec"]["triggers"]
+    meta = trigger["metadata"]
+    assert trigger["type"] == "redis-streams"
+    assert meta["stream"] == keys.stream(message)
+    assert meta["consumerGroup"] == keys.group(role)
+    assert int(meta.get("lagCount") or meta["pendingEntriesCount"]) > 0
+    env = {e["name"] for c in target["spec"]["template"]["spec"]["containers"] for e in c["env"]}
+    assert meta.get("address") or meta["addressFromEnv"] in env
+
+
+def test_manifests_match_kubernetes_schemas() -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    for doc in manifests():
+        if doc["apiVersion"].startswith("keda.sh/"):
+            continue  # a CRD: no schema bundled; checked above
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+# --- image -------------------------------------------------------------------------------------
+
+def test_dockerfile_runs_liveness_as_non_root() -> None:
+    lines = [ln.strip() for ln in (ROOT / "Dockerfile").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    final_stage = lines[max(i for i, ln in enumerate(lines) if ln.startswith("FROM "))]
+    assert final_stage.startswith("FROM python:3.11-slim")
+    users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    assert 'ENTRYPOINT ["liveness"]' in lines
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert not {"models", "liveness", "pyproject.toml"} & set(ignored)
+
+
+def test_wheel_ships_the_models(tmp_path: Path) -> None:
+    """What the image installs: the models must be inside the wheel, as package data."""
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = tmp_path.glob("liveness-*.whl")
+    committed = {f"models/artifacts/{p.name}" for p in (ROOT / "models" / "artifacts").glob("*.onnx")}
+    assert committed and committed <= set(zipfile.ZipFile(wheel).namelist())

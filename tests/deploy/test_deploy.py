@@ -24,7 +24,7 @@ from liveness.cli import COMMANDS
 from liveness.config import load_settings
 from liveness.contract import EyeSample, FaceCrop, Keys
 from liveness.defaults import METRICS_PORT
-from tests.deploy.dashboard import DASHBOARD, load, panel_queries
+from deploy.grafana.queries import DASHBOARD, load, panel_queries
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

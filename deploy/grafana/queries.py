@@ -1,11 +1,11 @@
-"""The Grafana dashboard's PromQL with its variables filled in, for tests that run or parse it."""
+"""The Grafana dashboard's PromQL with its variables filled in, for tests that parse it or run it on Prometheus."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "liveness.json"
+DASHBOARD = Path(__file__).resolve().parent / "dashboards" / "liveness.json"
 
 VARIABLES = {"$camera": ".*", "$__rate_interval": "1m"}
 """Dashboard variable -> what Grafana would send: every camera, and a rate window of 4 scrapes at 15 s."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -174,11 +175,17 @@ def _unwrap(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
+_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
 def _check_ids(msg: Any) -> None:
+    """Camera and track ids end up in keys, metric labels and logs: keep them plain."""
     for name in ("camera", "track"):
-        value = getattr(msg, name)
-        if not value or len(value) > 128:
-            raise PoisonMessageError(f"field {name!r}: must be 1-128 characters")
+        if not _ID.fullmatch(getattr(msg, name)):
+            raise PoisonMessageError(f"field {name!r}: must be 1-128 of A-Z a-z 0-9 _ . : -")
+    label = getattr(msg, "label", None)
+    if label is not None and label not in ("live", "spoof"):
+        raise PoisonMessageError(f"field 'label': {label[:20]!r} is not live or spoof")
 
 
 @dataclass(frozen=True)

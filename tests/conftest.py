@@ -110,3 +110,91 @@ def wait_for(predicate, timeout_s: float, every_s: float = 0.2):  # type: ignore
             return value
         time.sleep(every_s)
     pytest.fail(f"condition not met within {timeout_s} s")
+
+
+ACL_COMMANDS = (
+    "+ping +auth +hello +incr +xadd +xtrim +xlen +xrange +xrevrange +xread +xreadgroup +xack "
+    "+xautoclaim +xpending +xgroup|create +xinfo|groups +multi +exec +discard +watch +unwatch +hgetall +hset "
+    "+hincrby +expire +sadd +smismember +zadd +zremrangebyscore +zcard"
+)
+"""What the pipeline's services may run (README: "Redis security"); anything else is refused."""
+
+
+class PrivateRedisServer:
+    """A redis-server of the test's own, with AOF, optionally a password, an ACL user and TLS."""
+
+    def __init__(self, workdir: Path, tls: bool = False, acl: bool = False) -> None:
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.tls = tls
+        self.password = "s3cret-" + uuid.uuid4().hex[:8]
+        self.args = ["redis-server", "--bind", "127.0.0.1", "--dir", str(self.dir), "--appendonly", "yes",
+                     "--appendfsync", "always", "--save", ""]
+        if acl:
+            self.args += ["--user", "default", "off", "--user", "admin", "on", f">{self.password}", "~*", "&*", "+@all",
+                          "--user", "liveness", "on", f">{self.password}", "~*", "resetchannels", "-@all",
+                          *ACL_COMMANDS.split()]
+        if tls:
+            self.ca = make_certificates(self.dir)
+            self.args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.dir / "server.crt"),
+                          "--tls-key-file", str(self.dir / "server.key"), "--tls-ca-cert-file", str(self.ca),
+                          "--tls-auth-clients", "no"]
+        else:
+            self.args += ["--port", str(self.port)]
+        self.acl = acl
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, user: str = "liveness") -> str:
+        scheme = "rediss" if self.tls else "redis"
+        auth = f"{user}:{self.password}@" if self.acl else ""
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        kwargs = {"ssl_ca_certs": str(self.ca)} if self.tls else {}
+        return redis.Redis.from_url(self.url("admin"), **kwargs)
+
+    def env(self) -> dict[str, str]:
+        out = {"LIVENESS_REDIS__URL": self.url()}
+        if self.tls:
+            out["LIVENESS_REDIS__SSL_CA_CERTS"] = str(self.ca)
+        return out
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: _pings(self.client()), timeout_s=10, every_s=0.05)
+
+    def stop(self) -> None:
+        """A clean shutdown: SIGTERM makes Redis flush its AOF."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def make_certificates(folder: Path) -> Path:
+    """A throw-away CA and a server certificate for 127.0.0.1 (openssl); returns the CA file."""
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=liveness-test-ca",
+        "-keyout", "ca.key", "-out", "ca.crt")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+        "-extfile", "san.ext", "-out", "server.crt")
+    return folder / "ca.crt"
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedisServer]:
+    server = PrivateRedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()

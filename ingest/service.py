@@ -17,6 +17,7 @@ import cv2
 import redis
 
 from ingest import metrics
+from ingest.preview import Preview
 from ingest.capture import FileReader, Frame, LatestFrameReader, describe, is_live, open_capture
 from liveness.config import CameraSettings, Settings, load_settings
 from liveness.contract import EyeSample, FaceCrop, Keys
@@ -71,6 +72,7 @@ class IngestService:
         self.keys = Keys(settings.prefix)
         self.who = f"ingest {camera.id}"
         self.frames = 0
+        self.preview: Preview | None = None
         self.frames_read = 0
         self._last_media_ts = -1e9
         self._outbox: list[FaceCrop | EyeSample] = []
@@ -98,6 +100,10 @@ class IngestService:
                        metrics.FACES, metrics.TRACKS, metrics.RECONNECTS, metrics.PUBLISH_ERRORS, metrics.CAMERA_FPS):
             family.labels(cam)  # exported at 0 from the start, so dashboards show a flat line, not "no data"
         metrics.CAMERA_UP.labels(cam).set(0)
+        preview = self.settings.preview
+        if preview.enabled:
+            port = preview.port + [c.id for c in self.settings.cameras].index(cam)
+            self.preview = Preview(cam, preview.host, port, self.redis, self.keys, preview.fps)
         log.info("%s: source %s, session %d", self.who, describe(self.camera.source), self.session)
         try:
             self.capture_loop()
@@ -195,6 +201,8 @@ class IngestService:
             metrics.SOURCE_ERRORS.labels(cam, "corrupt").inc()
             return
         tracks = self.tracker.update(frame.image, self.frames)
+        if self.preview is not None:
+            self.preview.offer(frame.image, tracks)
         t1 = time.perf_counter()
         metrics.STAGE_SECONDS.labels(cam, "track").observe(t1 - t0)
         self.frames += 1

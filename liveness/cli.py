@@ -70,6 +70,7 @@ def _run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eye-workers", type=int, default=1, help="eye worker processes")
     p.add_argument("--loop", action="store_true", help="loop video-file cameras")
     p.add_argument("--duration", type=float, help="stop after S seconds (default: until ^C)")
+    p.add_argument("--preview", action="store_true", help="serve annotated frames as MJPEG on loopback")
 
 
 def _replay(p: argparse.ArgumentParser) -> None:

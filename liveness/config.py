@@ -109,6 +109,13 @@ class FusionSettings(Section):
     webhook_url: str | None = Field(None, description="POST every decision here (retried)")
 
 
+class PreviewSettings(Section):
+    enabled: bool = Field(False, description="Serve annotated frames as MJPEG (liveness run --preview)")
+    host: str = Field("127.0.0.1", description="Address of the preview (loopback: frames show faces)")
+    port: int = Field(8600, ge=1, le=65535, description="Port of the first camera; the next ones follow")
+    fps: float = Field(5.0, gt=0, le=30, description="Annotated frames per second at most")
+
+
 class Settings(Section):
     prefix: str = Field(defaults.KEY_PREFIX, pattern=r"^[A-Za-z0-9_.-]{1,40}$", description="Key prefix")
     redis: RedisSettings = Field(default_factory=RedisSettings)
@@ -119,6 +126,7 @@ class Settings(Section):
     face_worker: WorkerSettings = Field(default_factory=WorkerSettings)
     eye_worker: WorkerSettings = Field(default_factory=lambda: WorkerSettings(batch_size=64))
     fusion: FusionSettings = Field(default_factory=FusionSettings)
+    preview: PreviewSettings = Field(default_factory=PreviewSettings)
 
     @model_validator(mode="after")
     def _push_defaults(self) -> "Settings":

@@ -55,6 +55,8 @@ def effective_settings(args: argparse.Namespace, stack: ExitStack, tmp: Path) ->
         log.info("run: no cameras configured: running the demo camera")
         data["cameras"] = demo_cameras(tmp)
         args.loop = True
+    if args.preview:
+        data["preview"]["enabled"] = True
     configured = args.config is not None and settings.redis.url != DEFAULT_REDIS or "LIVENESS_REDIS__URL" in os.environ
     if not configured and not answers(settings.redis.url):
         local = PrivateRedis()
@@ -131,6 +133,9 @@ def run(args: argparse.Namespace) -> int:
             for i, spec in enumerate(specs):
                 log.info("run: %-22s metrics on :%d/metrics", spec.name, settings.metrics.port + i)
             serve(settings.metrics, "run: supervisor", settings.metrics.port + len(specs))
+        if settings.preview.enabled:
+            for i, cam in enumerate(settings.cameras):
+                print(f"preview {cam.id}: http://{settings.preview.host}:{settings.preview.port + i}/", flush=True)
         stop = threading.Event()
         stack.callback(stop.set)
         threading.Thread(target=print_decisions, args=(settings, stop), daemon=True).start()

@@ -114,7 +114,7 @@ def wait_for(predicate, timeout_s: float, every_s: float = 0.2):  # type: ignore
 
 ACL_COMMANDS = (
     "+ping +auth +hello +incr +xadd +xtrim +xlen +xrange +xrevrange +xread +xreadgroup +xack "
-    "+xautoclaim +xpending +xgroup|create +xinfo|groups +multi +exec +discard +watch +unwatch +hgetall +hset "
+    "+xautoclaim +xpending +xgroup|create +xinfo|groups +multi +exec +discard +watch +unwatch +hgetall +hmget +hset "
     "+hincrby +expire +sadd +smismember +zadd +zremrangebyscore +zcard"
 )
 """What the pipeline's services may run (README: "Redis security"); anything else is refused."""

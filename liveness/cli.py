@@ -114,6 +114,7 @@ def _train_face(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synthetic", type=float, default=0.0, help="fraction of live crops made synthetic attacks")
     p.add_argument("--erase", type=float, default=0.0, help="probability of erasing a random rectangle")
     p.add_argument("--crop-scale", type=float, default=2.0, help="crop side / face size (run time: ingest.crop.scale)")
+    p.add_argument("--members", type=int, default=1, help="networks averaged in one model (seed ensemble)")
     p.add_argument("--no-export", action="store_true", help="figures only (experiments)")
     p.add_argument("--report", metavar="FILE.json", help="write the per-fold figures here")
 
@@ -148,6 +149,9 @@ def _bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--model", help="face/eye: ONNX file (default: the committed artifact)")
+    p.add_argument("--face-workers", type=int, default=1, help="e2e: face worker processes")
+    p.add_argument("--eye-workers", type=int, default=1, help="e2e: eye worker processes")
+    p.add_argument("--root", help="e2e: NUAA root (default ../shared/data/nuaa-train)")
     _config(p)
 
 

@@ -22,6 +22,8 @@ class AugmentConfig:
     """Brightness, contrast, gamma, colour cast, light gradient, noise, blur."""
     synthetic: float = 0.0
     """Fraction of live crops in a batch turned into synthetic print/screen attacks."""
+    erase: float = 0.0
+    """Probability of blanking a random rectangle, so no single region (the room) decides."""
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -119,6 +121,19 @@ def synthetic_attacks(x: torch.Tensor, labels: torch.Tensor, fraction: float, g:
     return x, labels
 
 
+def random_erase(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
+    """Fill a random rectangle (10-40% of the side each way) with noise in ``p`` of the crops."""
+    n, c, h, w = x.shape
+    x = x.clone()
+    hit = torch.rand(n, generator=g) < p
+    sizes = (_u(g, n, 0.1, 0.4, 2) * torch.tensor([h, w])).long()
+    corners = (torch.rand((n, 2), generator=g) * (torch.tensor([h, w]) - sizes)).long()
+    for i in torch.nonzero(hit).flatten().tolist():
+        (y0, x0), (dy, dx) = corners[i].tolist(), sizes[i].tolist()
+        x[i, :, y0:y0 + dy, x0:x0 + dx] = torch.rand((c, dy, dx), generator=g) * 255.0
+    return x
+
+
 def augment(x: torch.Tensor, labels: torch.Tensor, cfg: AugmentConfig, g: torch.Generator
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole training augmentation; synthetic attacks first so they get lit like real ones."""
@@ -127,4 +142,6 @@ def augment(x: torch.Tensor, labels: torch.Tensor, cfg: AugmentConfig, g: torch.
         x, labels = synthetic_attacks(x, labels, cfg.synthetic, g)
     if cfg.photometric:
         x = photometric(x, g)
+    if cfg.erase > 0:
+        x = random_erase(x, cfg.erase, g)
     return x, labels

@@ -17,8 +17,13 @@ from torch.nn import functional as F
 INPUT_SIZE = 112
 """Side of the square crop the model takes (the ingest crop size)."""
 
-INPUT_FORMAT = "BGR float32 NCHW 1x3x112x112 (any batch), values 0..255, crop size 112 scale 2.0"
-"""Stored as ``liveness.input`` in the ONNX metadata."""
+
+def input_format(crop_scale: float) -> str:
+    """The ``liveness.input`` metadata: what the worker must feed, and which crop it expects."""
+    return (f"crops: float32 [N, 3, {INPUT_SIZE}, {INPUT_SIZE}], BGR channel order, values 0..255 (no scaling, "
+            f"no mean/std: the model normalises each crop itself); crop = liveness.face.align_crop with "
+            f"size {INPUT_SIZE}, scale {crop_scale:g}, JPEG round trip allowed. Output spoof: float32 [N], "
+            f"P(attack); attack when >= liveness.threshold")
 
 
 @dataclass(frozen=True)
@@ -26,7 +31,8 @@ class NetConfig:
     """What the experiments vary; saved in the ONNX metadata so a model says how it was built."""
 
     norm: str = "crop"
-    """'crop': per-crop, per-channel standardisation; 'fixed': x / 255 - 0.5 (lighting kept)."""
+    """'crop': per-crop, per-channel standardisation; 'grey': the same on grey only (no colour);
+    'fixed': x / 255 - 0.5 (lighting kept)."""
     dog: bool = True
     """Add a grey difference-of-Gaussians channel, standardised per crop (print texture)."""
     widths: tuple[int, ...] = (16, 24, 32, 64)
@@ -55,7 +61,7 @@ class Preprocess(nn.Module):
 
     @property
     def channels(self) -> int:
-        return 3 + int(self.cfg.dog)
+        return (1 if self.cfg.norm == "grey" else 3) + int(self.cfg.dog)
 
     @staticmethod
     def _standardise(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -65,13 +71,15 @@ class Preprocess(nn.Module):
         return (x - mean) / (std + eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grey = (x * self.grey_w).sum(dim=1, keepdim=True)
         if self.cfg.norm == "crop":
             out = self._standardise(x, 4.0)
+        elif self.cfg.norm == "grey":
+            out = self._standardise(grey, 4.0)
         else:
             out = x / 255.0 - 0.5
         if not self.cfg.dog:
             return out
-        grey = (x * self.grey_w).sum(dim=1, keepdim=True)
         dog = F.conv2d(grey, self.g1, padding=2) - F.conv2d(grey, self.g2, padding=4)
         return torch.cat([out, self._standardise(dog, 0.5)], dim=1)
 
@@ -112,10 +120,24 @@ class FaceNet(nn.Module):
         return self.fc(self.drop(y.mean(dim=(2, 3)))).squeeze(1)
 
 
+class Ensemble(nn.Module):
+    """Mean logit of several networks trained with different seeds.
+
+    Why: across sessions the seed-to-seed swing is as large as any modelling choice.
+    """
+
+    def __init__(self, nets: list[FaceNet]) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([net(x) for net in self.nets]).mean(dim=0)
+
+
 class SpoofProbability(nn.Module):
     """What is exported: the network followed by a sigmoid, output (N,) in [0, 1]."""
 
-    def __init__(self, net: FaceNet) -> None:
+    def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 

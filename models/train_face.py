@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from liveness.config import CropSettings
 from liveness.errors import LivenessError
 from liveness.pad_metrics import det_curve, pad_report
 from models.face_data import FaceCrops, face_crops
@@ -154,6 +155,22 @@ def train_one(train: FaceCrops, val: FaceCrops | None, net_cfg, aug_cfg, seed: i
     return model, best_epoch, history
 
 
+def train_members(train: FaceCrops, val: FaceCrops | None, net_cfg, aug_cfg, seed: int, epochs: int,
+                  members: int, desc: str):  # type: ignore[no-untyped-def]
+    """``members`` networks (seeds ``seed``, ``seed + 1000``, ...), averaged when more than one.
+
+    Returns ``(model, median best epoch, history of the first member)``.
+    """
+    from models.face_net import Ensemble
+
+    trained = [train_one(train, val, net_cfg, aug_cfg, seed + 1000 * i, epochs, desc=f"{desc} member {i}")
+               for i in range(members)]
+    best = int(statistics.median(t[1] for t in trained))
+    if members == 1:
+        return trained[0][0], best, trained[0][2]
+    return Ensemble([t[0] for t in trained]).eval(), best, trained[0][2]
+
+
 def best_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     """Threshold with the lowest ACER, midway between neighbouring scores (robust to ties)."""
     thresholds, apcer, bpcer = det_curve(labels, scores)
@@ -163,7 +180,8 @@ def best_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((lo + hi) / 2.0)
 
 
-def export_onnx(model, path: Path, threshold: float, meta: dict[str, str], check: np.ndarray) -> float:  # type: ignore[no-untyped-def]
+def export_onnx(model, path: Path, threshold: float, meta: dict[str, str], check: np.ndarray,
+                crop_scale: float = 2.0) -> float:  # type: ignore[no-untyped-def]
     """Write the model (sigmoid included, dynamic batch) and check onnxruntime agrees with torch.
 
     Returns the largest absolute difference on ``check`` (uint8 NHWC crops).
@@ -172,7 +190,7 @@ def export_onnx(model, path: Path, threshold: float, meta: dict[str, str], check
     import onnx
     import onnxruntime as ort
 
-    from models.face_net import INPUT_FORMAT, INPUT_SIZE, SpoofProbability, to_input
+    from models.face_net import INPUT_SIZE, SpoofProbability, input_format, to_input
 
     wrapped = SpoofProbability(model).eval()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +201,7 @@ def export_onnx(model, path: Path, threshold: float, meta: dict[str, str], check
                       dynamo=False)
     proto = onnx.load(str(tmp))
     props = {"liveness.threshold": f"{threshold:.6f}", "liveness.name": MODEL_NAME,
-             "liveness.version": MODEL_VERSION, "liveness.input": INPUT_FORMAT, **meta}
+             "liveness.version": MODEL_VERSION, "liveness.input": input_format(crop_scale), **meta}
     for key, value in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -218,7 +236,8 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     split = "all" if args.dataset == "nuaa" else None
-    data = face_crops(args.dataset, args.root, split, limit=args.limit)
+    crop = CropSettings(scale=args.crop_scale)
+    data = face_crops(args.dataset, args.root, split, crop, limit=args.limit)
     data = data.subset(data.has_face)
     groups = session_groups(data)
     names = sorted(set(groups.tolist()))
@@ -227,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     if args.val_session and args.val_session not in names:
         raise LivenessError(f"--val-session {args.val_session!r} not in the data (sessions: {', '.join(names)})")
     net_cfg = NetConfig(norm=args.norm, dog=not args.no_dog)
-    aug_cfg = AugmentConfig(photometric=not args.no_photometric, synthetic=args.synthetic)
+    aug_cfg = AugmentConfig(photometric=not args.no_photometric, synthetic=args.synthetic, erase=args.erase)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
     vals = [args.val_session] if args.val_session else names
     results: list[FoldResult] = []
@@ -237,8 +256,8 @@ def run(args: argparse.Namespace) -> int:
             tr, va = data.subset(groups != val_name), data.subset(groups == val_name)
             cal_mask = calibration_split(va)
             cal, test = va.subset(cal_mask), va.subset(~cal_mask)
-            model, best_epoch, history = train_one(tr, cal, net_cfg, aug_cfg, seed, args.epochs,
-                                                   desc=f"seed {seed} val {val_name}")
+            model, best_epoch, history = train_members(tr, cal, net_cfg, aug_cfg, seed, args.epochs, args.members,
+                                                       desc=f"seed {seed} val {val_name}")
             cal_scores = predict(model, cal.crops)
             results.append(FoldResult("+".join(sorted(set(groups[groups != val_name]))), val_name, seed,
                                       best_epoch, best_threshold(cal.labels, cal_scores), test.labels,
@@ -247,7 +266,8 @@ def run(args: argparse.Namespace) -> int:
             if seed == args.seed and args.val_session:
                 shipped = model
     summary = _summary(results)
-    report = {"net": net_cfg.to_dict(), "augment": aug_cfg.to_dict(), "seeds": seeds, "epochs": args.epochs,
+    report = {"crop_scale": crop.scale, "net": net_cfg.to_dict(), "members": args.members,
+              "augment": aug_cfg.to_dict(), "seeds": seeds, "epochs": args.epochs,
               "folds": [{"train": r.train, "val": r.val, "seed": r.seed, "best_epoch": r.best_epoch, **r.figures()}
                         for r in results], "summary": summary}
     mine = [r for r in results if r.seed == args.seed] or results[: len(vals)]
@@ -256,13 +276,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_export:
         if shipped is None:
             epochs = int(statistics.median(r.best_epoch for r in mine))
-            shipped, _, _ = train_one(data, None, net_cfg, aug_cfg, args.seed, epochs, desc="final, all sessions")
+            shipped, _, _ = train_members(data, None, net_cfg, aug_cfg, args.seed, epochs, args.members,
+                                          desc="final, all sessions")
         rng = np.random.default_rng(args.seed)
         check = data.crops[rng.choice(len(data.labels), size=min(16, len(data.labels)), replace=False)]
-        meta = {"liveness.net": json.dumps(net_cfg.to_dict()), "liveness.augment": json.dumps(aug_cfg.to_dict()),
+        meta = {"liveness.net": json.dumps({**net_cfg.to_dict(), "members": args.members}), "liveness.augment": json.dumps(aug_cfg.to_dict()),
                 "liveness.trained_on": f"{args.dataset} sessions {'+'.join(names)}",
                 "liveness.seed": str(args.seed)}
-        diff = export_onnx(shipped, Path(args.out), threshold, meta, check)
+        diff = export_onnx(shipped, Path(args.out), threshold, meta, check, crop.scale)
         report.update(out=args.out, threshold=threshold, onnx_max_diff=diff)
         log.info("train face: wrote %s (threshold %.4f, onnx vs torch max diff %.1e)", args.out, threshold, diff)
     report["seconds"] = round(time.time() - t0, 1)

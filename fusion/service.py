@@ -89,6 +89,8 @@ class FusionConsumer(StreamConsumer):
                     items.append(Item(entry_id, score.track, score=score))
             except PoisonMessageError as e:
                 dead[entry_id] = f"poison: {e}"
+            except Exception as e:  # noqa: BLE001 - one odd message must not hold up its batch
+                dead[entry_id] = f"poison: unexpected {type(e).__name__}: {e}"
         return items, dead
 
     def process(self, entries: list[Entry]) -> None:

@@ -97,7 +97,8 @@ class IngestService:
         self.tracker = FaceTracker(self.pipeline, lambda: f"{self.camera.id}:{self.session}:{next(counter)}")
         cam = self.camera.id
         for family in (metrics.FRAMES_READ, metrics.FRAMES_PROCESSED, metrics.FRAMES_SKIPPED, metrics.FRAMES_SHED,
-                       metrics.FACES, metrics.TRACKS, metrics.RECONNECTS, metrics.PUBLISH_ERRORS, metrics.CAMERA_FPS):
+                       metrics.FACES, metrics.TRACKS, metrics.RECONNECTS, metrics.PUBLISH_ERRORS, metrics.CAMERA_FPS,
+                       metrics.CROPS_PUBLISHED, metrics.WINDOWS_PUBLISHED):
             family.labels(cam)  # exported at 0 from the start, so dashboards show a flat line, not "no data"
         metrics.CAMERA_UP.labels(cam).set(0)
         preview = self.settings.preview
@@ -304,6 +305,10 @@ class IngestService:
         self._redis_backoff = 0.1
         for msg in messages:
             metrics.PUBLISHED.labels(cam, msg.stream).inc()
+            if isinstance(msg, FaceCrop):
+                metrics.CROPS_PUBLISHED.labels(cam).inc()
+            elif msg.window is not None:
+                metrics.WINDOWS_PUBLISHED.labels(cam).inc()
 
 
 def run_camera(settings: Settings, camera_id: str, fast: bool = False, loop: bool = False,
@@ -328,6 +333,6 @@ def run(args: argparse.Namespace) -> int:
     if len(ids) == 1:
         run_camera(settings, ids[0], args.fast, args.loop, args.max_frames)
         return 0
-    specs = [ProcessSpec(f"ingest:{cam_id}", run_camera, (settings, cam_id, args.fast, args.loop, args.max_frames),
-                         restart=not args.max_frames) for cam_id in ids]
+    specs = [ProcessSpec(f"ingest:{cam_id}", run_camera, (settings, cam_id, args.fast, args.loop, args.max_frames))
+             for cam_id in ids]
     return Supervisor(specs).run()

@@ -74,9 +74,17 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
     return ingest(args)
 
 
+def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole pipeline with N RTSP cameras (``liveness/e2e.py``)."""
+    from liveness.e2e import bench_e2e as e2e
+
+    return e2e(args)
+
+
 BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "face": bench_face,
     "ingest": bench_ingest,
+    "e2e": bench_e2e,
 }
 """What -> its benchmark; each returns one JSON-ready dict."""
 

@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Callable
 
+import redis
+
 from liveness import __version__
 from liveness.errors import LivenessError
 from liveness.redaction import redact_text
@@ -203,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     except LivenessError as e:
         print(f"liveness {args.command}: error: {redact_text(str(e))}", file=sys.stderr)
         return 2
+    except redis.RedisError as e:  # e.g. refused credentials or commands: a clear line, not a traceback
+        print(f"liveness {args.command}: Redis error: {type(e).__name__}: {redact_text(str(e))}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         return 130
 

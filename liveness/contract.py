@@ -147,7 +147,8 @@ class Message:
     @classmethod
     def from_fields(cls, fields: Mapping[bytes | str, bytes | str]) -> typing.Self:
         """Decode and validate; raises PoisonMessageError naming the first bad field."""
-        raw = {(k.decode() if isinstance(k, bytes) else k): (v.encode() if isinstance(v, str) else v) for k, v in fields.items()}
+        raw = {(k.decode("utf-8", "replace") if isinstance(k, bytes) else k): (v.encode() if isinstance(v, str) else v)
+               for k, v in fields.items()}
         version = raw.get("v")
         if version != str(SCHEMA_VERSION).encode():
             raise PoisonMessageError(f"{cls.__name__}: schema version {version!r}, expected {SCHEMA_VERSION}")

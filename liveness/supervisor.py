@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import redis
 from prometheus_client import Counter
 
 from liveness.errors import LivenessError
@@ -35,7 +36,7 @@ HEALTHY_S = 60.0
 
 @dataclass
 class ProcessSpec:
-    """What to run in a child process, and whether to restart it when it exits."""
+    """What to run in a child process, and whether to restart it when it crashes (exits non-zero)."""
 
     name: str
     target: Callable[..., Any]
@@ -52,8 +53,8 @@ def _child(target: Callable[..., Any], args: tuple[Any, ...], name: str, level: 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor sends SIGTERM; ^C is for it
     try:
         target(*args)
-    except LivenessError as e:  # a clear line, not a traceback; the supervisor restarts us
-        logging.getLogger(name).error("%s: %s", name, redact_text(str(e)))
+    except (LivenessError, redis.RedisError) as e:  # a clear line, not a traceback; the supervisor restarts us
+        logging.getLogger(name).error("%s: %s: %s", name, type(e).__name__, redact_text(str(e)))
         sys.exit(2)
 
 
@@ -82,8 +83,11 @@ class Supervisor:
             log.info("supervisor: %s, draining", signal.Signals(signum).name)
         self._stopping = True
 
-    def run(self, until: Callable[[], bool] | None = None) -> int:
-        """Run until every non-restarting child is done, a signal arrives, or ``until()`` is true."""
+    def run(self, until: Callable[[], bool] | None = None, stop_after: bool = True) -> int:
+        """Run until every non-restarting child is done, a signal arrives, or ``until()`` is true.
+
+        With ``stop_after=False`` the children are left running for the caller to ``stop()``.
+        """
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         for spec in self.specs:
@@ -100,7 +104,7 @@ class Supervisor:
                     continue
                 if spec.restart_at is None:
                     code = proc.exitcode or 0
-                    if not spec.restart:
+                    if not spec.restart or code == 0:  # a clean exit (a file camera's end) is done
                         worst = max(worst, abs(code))
                         continue
                     if now - spec.started > HEALTHY_S:
@@ -118,12 +122,14 @@ class Supervisor:
             if running == 0:
                 break
             time.sleep(0.2)
-        self.stop()
+        if stop_after or self._stopping:
+            self.stop()
         return worst
 
-    def stop(self) -> None:
-        """SIGTERM every child, wait for them to drain, kill the rest."""
-        alive = [s.process for s in self.specs if s.process is not None and s.process.is_alive()]
+    def stop(self, prefix: str = "") -> None:
+        """SIGTERM the children (those whose name starts with ``prefix``), let them drain, kill the rest."""
+        alive = [s.process for s in self.specs
+                 if s.name.startswith(prefix) and s.process is not None and s.process.is_alive()]
         for proc in alive:
             proc.terminate()
         deadline = time.monotonic() + DRAIN_S

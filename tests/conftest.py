@@ -113,7 +113,7 @@ def wait_for(predicate, timeout_s: float, every_s: float = 0.2):  # type: ignore
 
 
 ACL_COMMANDS = (
-    "+ping +auth +hello +incr +xadd +xtrim +xlen +xrange +xrevrange +xread +xreadgroup +xack "
+    "+ping +auth +hello +incr +incrby +xadd +xtrim +xlen +xrange +xrevrange +xread +xreadgroup +xack "
     "+xautoclaim +xpending +xgroup|create +xinfo|groups +multi +exec +discard +watch +unwatch +hgetall +hmget +hset "
     "+hincrby +expire +sadd +smismember +zadd +zremrangebyscore +zcard"
 )

@@ -65,6 +65,9 @@ class ScoringWorker(StreamConsumer):
             except PoisonMessageError as e:
                 outcome.dead[entry_id] = f"poison: {e}"
                 continue
+            except Exception as e:  # noqa: BLE001 - one odd message must not hold up its batch
+                outcome.dead[entry_id] = f"poison: unexpected {type(e).__name__}: {e}"
+                continue
             if row is not None:
                 batch.append((entry_id, msg, row))
         if not batch:

@@ -72,7 +72,7 @@ def test_two_face_workers_share_the_stream(r: redis.Redis, prefix: str, tmp_path
     got = scores(r, keys, FaceScore)
     assert sorted(s.source_id for s in got) == sorted(ids), "every crop scored exactly once"
     assert all(d > 0 for d in done) and sum(done) == 400, f"both workers took a share: {done}"
-    assert all(0.0 <= s.score <= 1.0 and s.model == "face" for s in got)
+    assert all(0.0 <= s.score <= 1.0 for s in got) and len({(s.model, s.model_version) for s in got}) == 1
     assert r.xpending(keys.stream(FaceCrop), keys.group("face-workers"))["pending"] == 0
     assert not any("Traceback" in o for o in outs)
 

@@ -1,0 +1,185 @@
+"""``liveness bench e2e``: N real cameras over RTSP through the whole pipeline on this machine.
+
+NUAA sequences are replayed as RTSP cameras (GStreamer), the pipeline runs as ``liveness run``
+runs it (a private Redis unless one is configured), and after a warm-up the run is measured
+for ``--duration`` seconds: frames ingested and shed, decisions, capture-to-decision latency,
+time to decision, messages lost, and CPU seconds per process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+
+from liveness.config import Settings, load_settings
+from liveness.contract import Decision, Keys
+from liveness.errors import LivenessError
+from liveness.localredis import PrivateRedis
+from liveness.redisconn import connect
+from liveness.replay import Replay, interleave
+from liveness.run import process_specs, write_config
+from liveness.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+NUAA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nuaa-train"
+WARMUP_S = 15.0
+"""Time for models to load and tracks to start before measuring, seconds."""
+
+DRAIN_S = 10.0
+"""Time after the cameras stop for the queues to empty, before counting losses, seconds."""
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """Sum of each metric family's samples on one /metrics endpoint."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        name, value = line.rsplit(" ", 1)
+        family = name.split("{", 1)[0]
+        out[family] = out.get(family, 0.0) + float(value)
+    return out
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_e2e(args: argparse.Namespace) -> dict[str, object]:
+    root = Path(getattr(args, "root", None) or NUAA_ROOT)
+    if not root.is_dir():
+        raise LivenessError(f"bench e2e: NUAA data not found at {root}")
+    from models.datasets import nuaa
+
+    sequences = interleave(nuaa(root, "all").sequences)
+    cams = [sequences[i % len(sequences)] for i in range(args.cameras)]
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="liveness-bench-")))
+        settings = load_settings(args.config)
+        data = settings.model_dump(mode="json")
+        if args.config is None:
+            local = PrivateRedis()
+            stack.callback(local.close)
+            data["redis"]["url"] = local.url
+        data["prefix"] = f"bench-{os.getpid()}"
+        data["metrics"] = {"port": data["metrics"]["port"] or 9400, "host": "127.0.0.1"}
+        data["ingest"]["max_fps"] = args.fps
+        replay = Replay([_renamed(s, i) for i, s in enumerate(cams)], _free_port(), args.fps, tmp / "frames")
+        stack.callback(replay.close)
+        data["cameras"] = replay.cameras
+        settings = Settings.model_validate(data)
+        config = write_config(settings, tmp)
+        run_args = argparse.Namespace(face_workers=args.face_workers, eye_workers=args.eye_workers, loop=True)
+        specs = process_specs(run_args, settings, config)
+        supervisor = Supervisor(specs)
+        t_start = time.monotonic()
+        client = connect(settings.redis)
+        keys = Keys(settings.prefix)
+        marks: dict[str, object] = {}
+
+        def until() -> bool:
+            now = time.monotonic()
+            if "start" not in marks and now - t_start >= WARMUP_S:
+                marks["start"] = time.time()
+                marks["metrics"] = _totals(settings, len(specs))
+                marks["cpu"] = _cpu_all(specs)
+            return "start" in marks and now - t_start >= WARMUP_S + args.duration
+
+        supervisor.run(until=until, stop_after=False)
+        end_wall = time.time()
+        after = _totals(settings, len(specs))
+        after_ingest = after
+        cpu = _cpu_all(specs)
+        supervisor.stop("ingest:")
+        time.sleep(DRAIN_S)
+        drained = _totals(settings, len(specs))
+        supervisor.stop()
+        start_wall = float(marks["start"])  # type: ignore[arg-type]
+        decisions = [Decision.from_fields(f) for _, f in client.xrange(keys.stream(Decision),
+                                                                         min=f"{int(start_wall * 1000)}-0",
+                                                                         max=f"{int(end_wall * 1000)}-0")]
+    before = marks["metrics"]  # type: ignore[assignment]
+    latency = np.array([d.decided_ts - d.last_capture_ts for d in decisions]) if decisions else np.array([np.nan])
+    ttd = [d.decided_ts - d.first_capture_ts for d in decisions if d.frames and _first(d, decisions)]
+    frames = after.get("liveness_frames_processed_total", 0) - before.get("liveness_frames_processed_total", 0)
+    shed = after.get("liveness_frames_shed_total", 0) - before.get("liveness_frames_shed_total", 0)
+    skipped = after.get("liveness_frames_skipped_total", 0) - before.get("liveness_frames_skipped_total", 0)
+    cpu_before = marks["cpu"]  # type: ignore[assignment]
+    return {
+        "bench": "e2e", "cameras": args.cameras, "fps": args.fps, "duration_s": args.duration,
+        "face_workers": args.face_workers, "eye_workers": args.eye_workers,
+        "frames": int(frames), "frames_per_s": round(frames / args.duration, 1), "shed": int(shed),
+        "skipped": int(skipped), "decisions": len(decisions), "lost": _lost(after_ingest, drained),
+        "latency_p50_s": _pct(latency, 50), "latency_p95_s": _pct(latency, 95), "latency_p99_s": _pct(latency, 99),
+        "time_to_decision_median_s": round(float(np.median(ttd)), 3) if ttd else None,
+        "cpu_s": {name: round(cpu[name] - cpu_before.get(name, 0.0), 1) for name in cpu},  # type: ignore[union-attr]
+        "cpu_cores": os.cpu_count(),
+    }
+
+
+def _renamed(seq, i: int):  # type: ignore[no-untyped-def]
+    """A copy of a sequence with a camera-unique name (sequences repeat when N is large)."""
+    from dataclasses import replace
+
+    return replace(seq, name=f"cam{i:02d}-{seq.label}")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _totals(settings: Settings, n: int) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for i in range(n):
+        for k, v in _scrape(settings.metrics.port + i).items():
+            total[k] = total.get(k, 0.0) + v
+    return total
+
+
+def _cpu_all(specs) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    out = {}
+    for spec in specs:
+        if spec.process is not None and spec.process.pid and spec.process.is_alive():
+            try:
+                out[spec.name] = _cpu_s(spec.process.pid)
+            except OSError:
+                continue
+    return out
+
+
+def _lost(published: dict[str, float], scored: dict[str, float]) -> int:
+    """Crops and eye windows published but neither scored nor dead-lettered, once the queues drained.
+
+    ``published`` is the ingest processes' totals, read just before they stopped; ``scored``
+    the workers' totals after the drain.
+    """
+    sent = published.get("liveness_crops_published_total", 0) + published.get("liveness_windows_published_total", 0)
+    done = scored.get("liveness_scored_total", 0) + scored.get("liveness_messages_dead_lettered_total", 0)
+    return int(max(0.0, sent - done))
+
+
+def _first(d: Decision, decisions: list[Decision]) -> bool:
+    return next(x for x in decisions if x.track == d.track) is d
+
+
+def _pct(values: np.ndarray, q: float) -> float | None:
+    return None if np.isnan(values).all() else round(float(np.nanpercentile(values, q)), 4)

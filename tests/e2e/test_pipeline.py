@@ -63,7 +63,9 @@ def pipeline(tmp_path: Path, prefix: str, r: redis.Redis):  # type: ignore[no-un
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert replay.stdout is not None
     line = replay.stdout.readline()
-    assert "serving" in line, line
+    while line and "serving" not in line:
+        line = replay.stdout.readline()
+    assert "serving" in line, f"replay did not start: {replay.communicate(timeout=10)[0]}"
     run = subprocess.Popen(liveness_cmd("run", "--config", str(cams), "--face-workers", "2", "--eye-workers", "2"),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -90,7 +90,8 @@ def _screen(y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
                             indexing="ij")
     period = _u(g, n, 2.0, 3.5, 1, 1)
-    grid = 1 - _u(g, n, 0.05, 0.2, 1, 1) * ((torch.sin(xx * math.pi / period) ** 2) * (torch.sin(yy * math.pi / period) ** 2))
+    cells = (torch.sin(xx * math.pi / period) ** 2) * (torch.sin(yy * math.pi / period) ** 2)
+    grid = 1 - _u(g, n, 0.05, 0.2, 1, 1) * cells
     a, f = _u(g, n, 0, math.pi, 1, 1), _u(g, n, 0.05, 0.3, 1, 1)
     moire = _u(g, n, 0.03, 0.1, 1, 1) * torch.sin((torch.cos(a) * xx + torch.sin(a) * yy) * f * 2 * math.pi)
     y = y.clamp(0, 1) ** _logu(g, n, 0.6, 1.6, 1, 1, 1)

@@ -3,10 +3,12 @@
 Protocol (why: frames of one video are near-duplicates and lighting differs per session):
 train on one capture session, validate on another, and the reverse. The validation session
 is split by subject into a calibration half (early stopping, threshold) and a test half
-(the reported figures), so no reported figure was used to choose anything. Without ``--val-session`` the shipped model is then trained on
-every session for the folds' median best epoch count, and its threshold is the one with
-the lowest ACER on the folds' pooled calibration halves; with ``--val-session S`` the
-fold that validates on S is shipped with the threshold chosen on S's calibration half.
+(the reported figures), so no reported figure was used to choose anything.
+
+Without ``--val-session`` the shipped model is then trained on every session for the
+folds' median best epoch count, and its threshold is the one with the lowest ACER on the
+folds' pooled calibration halves; with ``--val-session S`` the fold that validates on S
+is shipped, with the threshold chosen on S's calibration half.
 """
 
 from __future__ import annotations
@@ -280,7 +282,8 @@ def run(args: argparse.Namespace) -> int:
                                           desc="final, all sessions")
         rng = np.random.default_rng(args.seed)
         check = data.crops[rng.choice(len(data.labels), size=min(16, len(data.labels)), replace=False)]
-        meta = {"liveness.net": json.dumps({**net_cfg.to_dict(), "members": args.members}), "liveness.augment": json.dumps(aug_cfg.to_dict()),
+        meta = {"liveness.net": json.dumps({**net_cfg.to_dict(), "members": args.members}),
+                "liveness.augment": json.dumps(aug_cfg.to_dict()),
                 "liveness.trained_on": f"{args.dataset} sessions {'+'.join(names)}",
                 "liveness.seed": str(args.seed)}
         diff = export_onnx(shipped, Path(args.out), threshold, meta, check, crop.scale)

@@ -72,7 +72,7 @@ class OnnxModel:
         try:
             self.threshold = float(self.metadata["liveness.threshold"])
         except KeyError:
-            raise ModelError(f"{self.path}: metadata 'liveness.threshold' missing (was it exported by models/?)") from None
+            raise ModelError(f"{self.path}: metadata 'liveness.threshold' missing (not exported by models/?)") from None
         except ValueError:
             raise ModelError(f"{self.path}: metadata 'liveness.threshold' is not a number") from None
         # Warm up: the first run allocates and plans; doing it here keeps it off the first batch.

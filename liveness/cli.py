@@ -127,7 +127,16 @@ def _train_eye(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="models/artifacts/eye.onnx", help="ONNX file to write")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None, help="classifier (default: the best on validation)")
+    p.add_argument("--train-session", help="nuaa: fit the exported model on this session only (a fold model)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _train_fusion(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", required=True, help="NUAA root")
+    p.add_argument("--fold-models", required=True, metavar="DIR", help="face_trNN.onnx and eye_trNN.onnx per session")
+    p.add_argument("--out", default="models/artifacts/fusion.json", help="policy file to write")
+    p.add_argument("--report", metavar="FILE.json", help="write the cross-session figures here")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes")
 
 
 def _evaluate(p: argparse.ArgumentParser) -> None:
@@ -171,6 +180,7 @@ COMMANDS: dict[str, tuple[str, str, Adder]] = {
     "label": ("fusion.label", "operator feedback: the ground truth of a track", _label),
     "train-face": ("models.train_face", "train and export the face model (extra 'train')", _train_face),
     "train-eye": ("models.train_eye", "train and export the eye model", _train_eye),
+    "train-fusion": ("models.calibrate_fusion", "choose fusion thresholds across sessions", _train_fusion),
     "evaluate": ("models.evaluate", "ISO/IEC 30107-3 report of a model on a labelled dataset", _evaluate),
     "bench": ("liveness.bench", "benchmarks with JSON output", _bench),
 }

@@ -90,17 +90,22 @@ def evaluate_face(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray,
     return report, data.labels, scores
 
 
-def _not_implemented(kind: str) -> Evaluator:
-    def evaluate(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-        raise LivenessError(f"evaluate --model {kind}: not implemented yet")
+def _fused(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    from models.evaluate_fused import evaluate_fused
 
-    return evaluate
+    return evaluate_fused(args)
+
+
+def _eye(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    from models.evaluate_fused import evaluate_eye
+
+    return evaluate_eye(args)
 
 
 EVALUATORS: dict[str, Evaluator] = {
     "face": evaluate_face,
-    "eye": _not_implemented("eye"),
-    "fused": _not_implemented("fused"),
+    "eye": _eye,
+    "fused": _fused,
 }
 """Model kind -> its evaluation."""
 

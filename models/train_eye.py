@@ -340,7 +340,13 @@ def run(args: argparse.Namespace) -> int:
                   "validation": results, "model": chosen}
         if args.dataset == "nuaa":
             report["frame_spacing_only_baseline"] = rate_baseline(tracks, picture_steps(dataset))
-        report["export"] = export(chosen, args.seed, tracks, results[chosen], Path(args.out))
+        shipped = tracks
+        if getattr(args, "train_session", None):  # a fold model, for honest cross-session fusion figures
+            shipped = [t for t in tracks if t.session == args.train_session]
+            if len({t.label for t in shipped}) < 2:
+                raise LivenessError(f"--train-session {args.train_session}: needs live and spoof sequences")
+            report["trained_on_session"] = args.train_session
+        report["export"] = export(chosen, args.seed, shipped, results[chosen], Path(args.out))
     if args.json:
         print(json.dumps(report, default=float))
     else:

@@ -65,7 +65,7 @@ def analyze_clip(path: str) -> dict[str, object]:
     decision = tracks[0].verdict if tracks else "undecided"
     return {
         "clip": str(clip), "decision": decision, "seconds": round(time.time() - t0, 2),
-        "tracks": [{k: v for k, v in asdict(t).items() if k not in ("face_scores", "eye_scores")} for t in tracks],
+        "tracks": [{k: v for k, v in asdict(t).items() if k != "events"} for t in tracks],
     }
 
 

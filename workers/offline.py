@@ -25,7 +25,7 @@ from workers.runners import OnnxModel
 
 @dataclass
 class TrackResult:
-    """One track's outcome: its final verdict and how long the first decision took."""
+    """One track's outcome: its final verdict, how long the first decision took, and its scores."""
 
     track: str
     frames: int
@@ -35,10 +35,25 @@ class TrackResult:
     confidence: float = 0.0
     face_evidence: float = 0.0
     eye_evidence: float = 0.0
-    face_scores: list[float] = field(default_factory=list)
-    eye_scores: list[float] = field(default_factory=list)
     decision_frames: int | None = None
     decision_s: float | None = None
+    events: list[tuple[float, int, str, float]] = field(default_factory=list)
+    """(seconds, frame, "face" or "eye", score) in capture order: enough to replay other policies."""
+
+    def replay(self, policy: Policy, rule: str = "evidence") -> None:
+        """Decide again from the stored scores under ``policy`` (as fusion would have)."""
+        ev = TrackEvidence()
+        self.verdict, self.confidence, self.decision_s, self.decision_frames = "undecided", 0.0, None, None
+        first_frame = self.events[0][1] if self.events else 0
+        for ts, frame, kind, score in self.events:
+            ev.add(kind, score, ts, policy)  # type: ignore[arg-type]
+            verdict, confidence = ev.decide(policy, rule)
+            if verdict != "undecided":
+                if self.decision_s is None:
+                    self.decision_s = ts - self.first_ts
+                    self.decision_frames = frame - first_frame + 1
+                self.verdict, self.confidence = verdict, confidence
+        self.face_evidence, self.eye_evidence = ev.evidence(policy)
 
 
 @dataclass
@@ -107,21 +122,10 @@ class OfflineAnalyzer:
         return out
 
     def _decide(self, res: TrackResult, events: list[_Event]) -> None:
-        """Replay the track's scores in capture order through fusion's evidence and rule."""
+        """Score the track's crops and windows in batches, then replay them through fusion's rule."""
         faces = [e for e in events if e.kind == "face"]
         eyes = [e for e in events if e.kind == "eye"]
         scores = dict(zip(map(id, faces), self._score(self.face_model, [e.row for e in faces]) if faces else []))
         scores.update(zip(map(id, eyes), self._score(self.eye_model, [e.row for e in eyes]) if eyes else []))
-        ev = TrackEvidence()
-        first_frame = events[0].frame if events else 0
-        for e in sorted(events, key=lambda e: (e.ts, e.kind)):
-            score = scores[id(e)]
-            (res.face_scores if e.kind == "face" else res.eye_scores).append(score)
-            ev.add(e.kind, score, e.ts, self.policy)  # type: ignore[arg-type]
-            verdict, confidence = ev.decide(self.policy, self.rule)
-            if verdict != "undecided":
-                if res.decision_s is None:
-                    res.decision_s = e.ts - res.first_ts
-                    res.decision_frames = e.frame - first_frame + 1
-                res.verdict, res.confidence = verdict, confidence
-        res.face_evidence, res.eye_evidence = ev.evidence(self.policy)
+        res.events = [(e.ts, e.frame, e.kind, scores[id(e)]) for e in sorted(events, key=lambda e: (e.ts, e.kind))]
+        res.replay(self.policy, self.rule)

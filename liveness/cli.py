@@ -99,6 +99,18 @@ def _jobs_worker(p: argparse.ArgumentParser) -> None:
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
 
 
+def _demo(p: argparse.ArgumentParser) -> None:
+    _config(p)
+    p.add_argument("--dataset", choices=["nuaa", "folders"], required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--split", default=None)
+    p.add_argument("--limit", type=int, default=6, help="cameras (sequences) to replay")
+    p.add_argument("--port", type=int, default=8554, help="RTSP port of the replay")
+    p.add_argument("--fps", type=float, default=15.0)
+    p.add_argument("--face-workers", type=int, default=1)
+    p.add_argument("--eye-workers", type=int, default=1)
+
+
 def _train_face(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=["nuaa", "folders"], default="nuaa")
     p.add_argument("--root", required=True, help="dataset root")
@@ -168,6 +180,7 @@ def _bench(p: argparse.ArgumentParser) -> None:
 
 COMMANDS: dict[str, tuple[str, str, Adder]] = {
     "run": ("liveness.run", "run everything: cameras, worker pools, fusion (demo without --config)", _run),
+    "demo": ("liveness.run:demo", "a labelled dataset through the whole pipeline, as a live table", _demo),
     "ingest": ("ingest.service", "read cameras, publish faces and eye ratios to Redis", _ingest),
     "face-worker": ("workers.face", "score face crops with the face model", _worker),
     "eye-worker": ("workers.eye", "score eye windows with the eye model", _worker),

@@ -47,11 +47,14 @@ def demo_cameras(tmp: Path) -> list[dict[str, object]]:
     return cams
 
 
-def effective_settings(args: argparse.Namespace, stack: ExitStack, tmp: Path) -> Settings:
+def effective_settings(args: argparse.Namespace, stack: ExitStack, tmp: Path,
+                       cameras: list[dict[str, object]] | None = None) -> Settings:
     """The config to run: the user's, or the demo's; with a private Redis when none answers."""
     settings = load_settings(args.config)
     data = settings.model_dump(mode="json")
-    if not settings.cameras:
+    if cameras is not None:
+        data["cameras"] = cameras
+    elif not settings.cameras:
         log.info("run: no cameras configured: running the demo camera")
         data["cameras"] = demo_cameras(tmp)
         args.loop = True
@@ -118,6 +121,62 @@ def print_decisions(settings: Settings, stop: threading.Event) -> None:
             print(f"{time.strftime('%H:%M:%S')}  {d.camera:<14} {d.track:<22} {d.verdict.upper():<6} "
                   f"confidence {d.confidence:.2f}  face {d.face_evidence:+.1f} eye {d.eye_evidence:+.1f}  "
                   f"{d.frames} frames  latency {latency * 1000:.0f} ms", flush=True)
+
+
+def show_table(settings: Settings, stop: threading.Event, every_s: float = 1.0) -> None:
+    """A live terminal table: each camera's latest decision, running APCER/BPCER, latency."""
+    client = connect(settings.redis)
+    stream = Keys(settings.prefix).stream(Decision)
+    labels = {c.id: c.label for c in settings.cameras}
+    latest: dict[str, Decision] = {}
+    latencies: list[float] = []
+    last = "0-0"
+    while not stop.wait(every_s):
+        try:
+            for entry_id, fields in (client.xread({stream: last}, count=1000) or [[None, []]])[0][1]:
+                last = entry_id
+                d = Decision.from_fields(fields)
+                latest[d.camera] = d
+                latencies.append(d.decided_ts - d.last_capture_ts)
+        except Exception as e:  # noqa: BLE001 - the display must survive a Redis restart
+            log.warning("demo: table paused (%s)", type(e).__name__)
+            continue
+        attacks = [c for c, lab in labels.items() if lab == "spoof"]
+        lives = [c for c, lab in labels.items() if lab == "live"]
+        apcer = sum(latest[c].verdict == "live" for c in attacks if c in latest) / max(1, len(attacks))
+        bpcer = sum(latest.get(c) is None or latest[c].verdict != "live" for c in lives) / max(1, len(lives))
+        rows = [f"{'camera':<34} {'truth':<6} {'verdict':<9} {'conf':>5} {'track':<26} {'latency':>8}"]
+        for cam, label in labels.items():
+            d = latest.get(cam)
+            rows.append(f"{cam:<34} {label or '-':<6} {(d.verdict if d else 'waiting'):<9} "
+                        f"{(f'{d.confidence:.2f}' if d else ''):>5} {(d.track if d else ''):<26} "
+                        f"{(f'{(d.decided_ts - d.last_capture_ts) * 1000:.0f} ms' if d else ''):>8}")
+        median = sorted(latencies)[len(latencies) // 2] * 1000 if latencies else float("nan")
+        rows.append(f"\nAPCER {apcer:.2%}  BPCER {bpcer:.2%} (undecided live counts as rejected)  "
+                    f"decisions {len(latencies)}  median latency {median:.0f} ms   ^C to stop")
+        print("\x1b[2J\x1b[H" + "\n".join(rows), flush=True)
+
+
+def demo(args: argparse.Namespace) -> int:
+    """``liveness demo``: a labelled dataset replayed over RTSP through the whole pipeline."""
+    from models.datasets import load
+
+    from liveness.replay import Replay, interleave
+
+    dataset = load(args.dataset, args.root, args.split)
+    sequences = interleave(dataset.sequences)[: args.limit]
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="liveness-demo-")))
+        replay = Replay(sequences, args.port, args.fps, tmp / "frames")
+        stack.callback(replay.close)
+        args.config, args.loop, args.preview = getattr(args, "config", None), True, False
+        settings = effective_settings(args, stack, tmp, cameras=replay.cameras)
+        config = write_config(settings, tmp)
+        specs = process_specs(args, settings, config)
+        stop = threading.Event()
+        stack.callback(stop.set)
+        threading.Thread(target=show_table, args=(settings, stop), daemon=True).start()
+        return Supervisor(specs).run()
 
 
 def run(args: argparse.Namespace) -> int:

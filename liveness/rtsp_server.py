@@ -27,7 +27,7 @@ def pipeline(pattern: str, fps: float) -> str:
     return (
         f"( multifilesrc location={pattern} loop=true caps=image/jpeg,framerate={num}/{den} "
         "! jpegdec ! videoconvert ! video/x-raw,format=I420 "
-        "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 bitrate=1500 "
+        "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 bitrate=3000 "
         "! rtph264pay name=pay0 pt=96 config-interval=1 )"
     )
 

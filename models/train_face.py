@@ -32,6 +32,7 @@ from models.face_data import FaceCrops, face_crops
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "face-resnet-dog"
+"""Base name in ``liveness.name``; an ensemble of k networks is ``<name>-x<k>``."""
 MODEL_VERSION = "1"
 
 
@@ -183,7 +184,7 @@ def best_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def export_onnx(model, path: Path, threshold: float, meta: dict[str, str], check: np.ndarray,
-                crop_scale: float = 2.0) -> float:  # type: ignore[no-untyped-def]
+                crop_scale: float = 2.0, name: str = MODEL_NAME) -> float:  # type: ignore[no-untyped-def]
     """Write the model (sigmoid included, dynamic batch) and check onnxruntime agrees with torch.
 
     Returns the largest absolute difference on ``check`` (uint8 NHWC crops).
@@ -202,7 +203,7 @@ def export_onnx(model, path: Path, threshold: float, meta: dict[str, str], check
                       dynamic_axes={"crops": {0: "batch"}, "spoof": {0: "batch"}}, opset_version=17,
                       dynamo=False)
     proto = onnx.load(str(tmp))
-    props = {"liveness.threshold": f"{threshold:.6f}", "liveness.name": MODEL_NAME,
+    props = {"liveness.threshold": f"{threshold:.6f}", "liveness.name": name,
              "liveness.version": MODEL_VERSION, "liveness.input": input_format(crop_scale), **meta}
     for key, value in props.items():
         entry = proto.metadata_props.add()
@@ -286,7 +287,8 @@ def run(args: argparse.Namespace) -> int:
                 "liveness.augment": json.dumps(aug_cfg.to_dict()),
                 "liveness.trained_on": f"{args.dataset} sessions {'+'.join(names)}",
                 "liveness.seed": str(args.seed)}
-        diff = export_onnx(shipped, Path(args.out), threshold, meta, check, crop.scale)
+        name = MODEL_NAME if args.members == 1 else f"{MODEL_NAME}-x{args.members}"
+        diff = export_onnx(shipped, Path(args.out), threshold, meta, check, crop.scale, name)
         report.update(out=args.out, threshold=threshold, onnx_max_diff=diff)
         log.info("train face: wrote %s (threshold %.4f, onnx vs torch max diff %.1e)", args.out, threshold, diff)
     report["seconds"] = round(time.time() - t0, 1)

@@ -15,13 +15,14 @@ torch = pytest.importorskip("torch")
 
 
 def test_train_face_cli_exports_a_loadable_model(tmp_path: Path) -> None:
+    """Both folds, then a 2-network ensemble on all sessions; the export checks ORT against torch."""
     out = tmp_path / "face.onnx"
     report = tmp_path / "report.json"
-    rc = main(["train", "face", "--root", str(NUAA), "--limit", "300", "--epochs", "1", "--val-session", "02",
+    rc = main(["train", "face", "--root", str(NUAA), "--limit", "300", "--epochs", "1", "--members", "2",
                "--out", str(out), "--report", str(report)])
     assert rc == 0 and out.is_file() and report.is_file()
     model = OnnxModel(out)
-    assert model.name and model.version and 0.0 < model.threshold < 1.0
+    assert model.name.endswith("-x2") and model.version and 0.0 < model.threshold < 1.0
     assert "112" in model.metadata["liveness.input"]
     scores = model.predict(np.random.default_rng(0).integers(0, 256, (5, 112, 112, 3), dtype=np.uint8))
     assert scores.shape == (5,) and ((scores >= 0) & (scores <= 1)).all()

@@ -68,7 +68,3 @@ def test_evaluate_face_json(folders_root: Path, tmp_path: Path, capsys: pytest.C
         assert key in report
     assert plot.is_file() and cv2.imread(str(plot)) is not None
 
-
-def test_evaluate_eye_is_not_implemented_yet(capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["evaluate", "--model", "eye", "--dataset", "folders", "--root", "/nonexistent", "--json"])
-    assert rc == 2 and "not implemented yet" in capsys.readouterr().err

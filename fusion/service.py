@@ -16,6 +16,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 
@@ -24,7 +25,7 @@ from fusion.webhook import Webhook
 from liveness.config import Settings, load_settings
 from liveness.contract import Decision, EyeScore, FaceScore, Keys, Label, Score
 from liveness.defaults import artifact_path
-from liveness.errors import PoisonMessageError
+from liveness.errors import LivenessError, PoisonMessageError
 from liveness.evidence import Policy, TrackEvidence
 from liveness.metrics import STAGE_LATENCY, serve
 from liveness.redisconn import connect, wait_until_up
@@ -41,9 +42,11 @@ GAUGES_EVERY_S = 2.0
 
 def load_policy(settings: Settings) -> Policy:
     """Thresholds stored with the models, with the config's overrides applied."""
-    path = artifact_path("fusion.json")
-    policy = Policy.load(path) if path.is_file() else Policy()
     cfg = settings.fusion
+    path = Path(cfg.policy) if cfg.policy else artifact_path("fusion.json")
+    if cfg.policy and not path.is_file():
+        raise LivenessError(f"fusion.policy: no such file {path}")
+    policy = Policy.load(path) if path.is_file() else Policy()
     updates = {}
     if cfg.spoof_threshold is not None:
         updates["spoof_at"] = cfg.spoof_threshold

@@ -102,6 +102,7 @@ class WorkerSettings(Section):
 
 class FusionSettings(Section):
     rule: Literal["evidence", "original"] = Field("evidence", description="Decision rule")
+    policy: str | None = Field(None, description="Policy JSON (None: models/artifacts/fusion.json)")
     live_threshold: float | None = Field(None, description="Log-odds to decide live (None: model card)")
     spoof_threshold: float | None = Field(None, description="Log-odds to decide spoof (None: model card)")
     track_ttl_s: float = Field(10.0, gt=0, description="A track without results for this long is closed")

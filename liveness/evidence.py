@@ -1,7 +1,8 @@
 """Per-track evidence and the decision rule, shared by the fusion service and offline evaluation.
 
-Face scores are turned into clipped log-likelihood ratios around the face model's threshold
-and summed with a discount (frames of one track are strongly correlated); eye windows fill a
+Face scores are turned into clipped log-likelihood ratios around the face model's threshold,
+whose mean counts for at most ``face_cap`` crops, with a discount (frames of one track are
+strongly correlated, and a long track must not pile up a small bias); eye windows fill a
 histogram whose low quantile says whether the track ever blinked. The sum is compared with
 two thresholds: a spoof needs less evidence than a live face, since a false "spoof" is the
 cheaper error. The original rule (eye says fake -> fake, else the face decides) is kept
@@ -34,6 +35,7 @@ class Policy(BaseModel):
 
     face_threshold: float = Field(0.5, gt=0, lt=1, description="Face score at which one crop is neutral")
     face_weight: float = Field(0.35, gt=0, description="Discount on each crop's log-odds (correlated frames)")
+    face_cap: int = Field(8, ge=1, description="Crops beyond which face evidence stops growing (mean x cap)")
     eye_threshold: float = Field(0.5, gt=0, lt=1, description="Track eye quantile at which eyes are neutral")
     eye_quantile: float = Field(0.25, gt=0, lt=1, description="Quantile of a track's window scores used")
     eye_weight: float = Field(1.0, ge=0, description="Weight of the eye evidence")
@@ -103,7 +105,9 @@ class TrackEvidence:
 
     def evidence(self, policy: Policy) -> tuple[float, float]:
         """(face, eye) evidence in log-odds; positive says spoof."""
-        face = policy.face_weight * self.face_llr
+        # the mean log-odds times at most face_cap crops: a long track must not pile up evidence
+        # from a small bias (a shift of light moves every score a little), a short one still decides
+        face = policy.face_weight * (self.face_llr / self.face_n) * min(self.face_n, policy.face_cap) if self.face_n else 0.0
         eye = 0.0
         if self.eye_n >= policy.eye_min_windows:
             eye = policy.eye_weight * _llr(self.eye_quantile(policy.eye_quantile), policy.eye_threshold)

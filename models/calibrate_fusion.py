@@ -27,12 +27,13 @@ from models.evaluate_fused import SequenceResult, analyze, report
 GRID = {
     "face_threshold": [0.2, 0.35, 0.5],
     "face_weight": [0.25, 0.5],
+    "face_cap": [4, 12],
     "eye_weight": [0.0, 1.0, 2.0],
     "eye_threshold": [0.2, 0.35],
     "spoof_at": [1.5, 3.0],
     "live_at": [2.0, 4.0, 6.0],
 }
-"""Policies tried: every combination (216)."""
+"""Policies tried: every combination (432)."""
 
 
 def _cost(out: dict[str, Any]) -> tuple[float, float, float]:

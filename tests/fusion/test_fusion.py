@@ -18,11 +18,14 @@ from tests.ingest.test_ingest import metric
 
 
 def config(tmp_path: Path, prefix: str, port: int = 0) -> Path:
+    """A config whose fusion uses the documented default policy, not the shipped one."""
+    policy = tmp_path / "policy.json"
+    policy.write_text(Policy().model_dump_json())
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({
         "prefix": prefix, "redis": {"url": REDIS_URL}, "metrics": {"port": port, "host": "127.0.0.1"},
         "face_worker": {"min_idle_ms": 1000},
-        "fusion": {"window_s": 600},
+        "fusion": {"window_s": 600, "policy": str(policy)},
     }))
     return path
 

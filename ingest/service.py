@@ -25,6 +25,7 @@ from liveness.errors import SourceError
 from liveness.eyes import EyeHistory
 from liveness.face import FacePipeline, align_crop
 from liveness.metrics import serve
+from liveness.pacing import FramePacer
 from liveness.redisconn import connect, wait_until_up
 from liveness.supervisor import ProcessSpec, Supervisor
 from liveness.tracking import FaceTracker, Track
@@ -74,7 +75,7 @@ class IngestService:
         self.frames = 0
         self.preview: Preview | None = None
         self.frames_read = 0
-        self._last_media_ts = -1e9
+        self.pacer = FramePacer(camera.max_fps)  # type: ignore[arg-type]
         self._outbox: list[FaceCrop | EyeSample] = []
         self._outbox_since = 0.0
         self.capture_started = 0.0
@@ -175,10 +176,9 @@ class IngestService:
             reader.overwritten = 0
             # files: time in the video, continued across loops, so --fast and --loop keep eye timing
             media_ts = frame.capture_ts if live else self._media_offset + frame.index / reader.fps  # type: ignore[union-attr]
-            if media_ts - self._last_media_ts < 1.0 / self.camera.max_fps - 1e-3:
+            if not self.pacer.take(media_ts):
                 metrics.FRAMES_SKIPPED.labels(cam).inc()
                 continue
-            self._last_media_ts = media_ts
             if not live:
                 self._media_end = media_ts + 1.0 / reader.fps  # type: ignore[union-attr]
             metrics.STAGE_SECONDS.labels(cam, "decode").observe(time.perf_counter() - t0)

@@ -19,6 +19,7 @@ from liveness.errors import PoisonMessageError
 from liveness.evidence import Policy, TrackEvidence
 from liveness.eyes import EyeHistory, eye_input
 from liveness.face import FacePipeline, align_crop
+from liveness.pacing import FramePacer
 from liveness.tracking import FaceTracker
 from workers.runners import OnnxModel
 
@@ -82,13 +83,12 @@ class OfflineAnalyzer:
         histories: dict[str, EyeHistory] = {}
         events: dict[str, list[_Event]] = {}
         results: dict[str, TrackResult] = {}
-        last_ts = -1e9
+        pacer = FramePacer(self.camera.max_fps)
         processed = 0
         size = self.face_model.input_shape[-1]
         for ts, image in frames:
-            if ts - last_ts < 1.0 / self.camera.max_fps - 1e-3:
+            if not pacer.take(ts):
                 continue  # as ingest: frames above max_fps are dropped
-            last_ts = ts
             for track in tracker.update(image, processed):
                 res = results.setdefault(track.id, TrackResult(track.id, 0, ts, ts))
                 res.frames += 1

@@ -59,7 +59,10 @@ class FaceTracker:
         grey = FacePipeline.grey(frame)
         self.ended = []
         h, w = grey.shape[:2]
-        detect = not self.tracks or index - self._last_detect >= self.pipeline.detect_settings.every_n_frames
+        every = self.pipeline.detect_settings.every_n_frames
+        # an empty scene is searched twice as often, not on every frame: detection is the
+        # costliest step, and a camera facing an empty corridor must stay cheap
+        detect = index - self._last_detect >= (max(1, every // 2) if not self.tracks else every)
         followed: list[Track] = []
         for track in self.tracks:
             box = _follow_box(track.face)

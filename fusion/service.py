@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import threading
 import time
 from collections import defaultdict
@@ -27,8 +26,8 @@ from liveness.contract import Decision, EyeScore, FaceScore, Keys, Label, Score
 from liveness.defaults import artifact_path
 from liveness.errors import LivenessError, PoisonMessageError
 from liveness.evidence import Policy, TrackEvidence
-from liveness.metrics import STAGE_LATENCY, serve
-from liveness.redisconn import connect, wait_until_up
+from liveness import lifecycle
+from liveness.metrics import STAGE_LATENCY
 from liveness.streams import Entry, Outcome, StreamConsumer, consumer_name
 
 log = logging.getLogger(__name__)
@@ -273,11 +272,7 @@ class Fusion:
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     name = getattr(args, "name", None) or consumer_name("fusion")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    serve(settings.metrics, name, getattr(args, "metrics_port", None))
-    client = connect(settings.redis)
-    if wait_until_up(client, name, settings.redis.url, stop):
-        Fusion(settings, client, name, stop).start()
+    started = lifecycle.start(settings, name, getattr(args, "metrics_port", None))
+    if started:
+        Fusion(settings, started[0], name, started[1]).start()
     return 0

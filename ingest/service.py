@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from liveness.contract import EyeSample, FaceCrop, Keys
 from liveness.errors import SourceError
 from liveness.eyes import EyeHistory
 from liveness.face import FacePipeline, align_crop
+from liveness.lifecycle import stop_on_signals
 from liveness.metrics import serve
 from liveness.pacing import FramePacer
 from liveness.redisconn import connect, wait_until_up
@@ -315,9 +315,7 @@ def run_camera(settings: Settings, camera_id: str, fast: bool = False, loop: boo
                max_frames: int | None = None, metrics_port: int | None = None) -> None:
     """Entry point of one camera's process: signals stop it cleanly."""
     camera = settings.camera(camera_id)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     serve(settings.metrics, f"ingest {camera_id}", metrics_port)
     IngestService(settings, camera, fast, loop, max_frames, stop).start()
 

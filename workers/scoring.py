@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import threading
 import time
 from functools import partial
@@ -22,8 +21,8 @@ from liveness.config import Settings, WorkerSettings, load_settings
 from liveness.contract import Keys, Message, Score
 from liveness.defaults import artifact_path
 from liveness.errors import PoisonMessageError
-from liveness.metrics import STAGE_LATENCY, serve
-from liveness.redisconn import connect, wait_until_up
+from liveness import lifecycle
+from liveness.metrics import STAGE_LATENCY
 from liveness.streams import Entry, Outcome, StreamConsumer, consumer_name
 from workers import metrics
 from workers.runners import OnnxModel
@@ -102,12 +101,8 @@ def run_worker(args: argparse.Namespace, worker: type[ScoringWorker], section: s
             setattr(cfg, key, getattr(args, key))
     model = OnnxModel(cfg.model or artifact_path(worker.artifact), threads=cfg.threads, input_shape=worker.input_shape)
     name = getattr(args, "name", None) or consumer_name(short)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    serve(settings.metrics, name, getattr(args, "metrics_port", None))
-    client = connect(settings.redis)
-    if wait_until_up(client, name, settings.redis.url, stop):
+    started = lifecycle.start(settings, name, getattr(args, "metrics_port", None))
+    if started:
         retention = settings.streams.crop_retention_s if section == "face_worker" else None
-        worker(settings, cfg, model, client, name, stop, retention).run()
+        worker(settings, cfg, model, started[0], name, started[1], retention).run()
     return 0

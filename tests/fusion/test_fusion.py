@@ -164,3 +164,42 @@ def test_decisions_command_prints_json_lines(r: redis.Redis, prefix: str, tmp_pa
                                       "--from-start", "--timeout", "2"), capture_output=True, text=True, timeout=60)
     assert len(res.stdout.strip().splitlines()) == 2
     r.xadd(keys.stream(Label), {"v": b"1"})
+
+
+def test_webhook_gets_each_decision_despite_a_failure(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received: list[dict] = []
+    calls = {"n": 0}
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            calls["n"] += 1
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if calls["n"] == 1:
+                self.send_response(503)  # the receiver is down for the first try
+            else:
+                received.append(body)
+                self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = HTTPServer(("127.0.0.1", free_port()), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cfg = config(tmp_path, prefix)
+    data = yaml.safe_load(cfg.read_text())
+    data["fusion"]["webhook_url"] = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    cfg.write_text(yaml.safe_dump(data))
+    keys = Keys(prefix)
+    proc = start(cfg)
+    try:
+        for frame in range(4):
+            face(r, keys, "door", "w1", frame, 0.97)
+        wait_for(lambda: received, timeout_s=30)
+    finally:
+        stop(proc)
+        server.shutdown()
+    assert received[0]["track"] == "w1" and received[0]["verdict"] == "spoof" and calls["n"] == 2

@@ -7,6 +7,7 @@ import logging
 from prometheus_client import Histogram, start_http_server
 
 from liveness.config import MetricsSettings
+from liveness.errors import LivenessError
 
 log = logging.getLogger(__name__)
 
@@ -36,4 +37,5 @@ def serve(settings: MetricsSettings, who: str, port: int | None = None) -> int |
             continue
         log.info("%s: metrics on http://%s:%d/metrics", who, settings.host, candidate)
         return candidate
-    raise OSError(f"{who}: no free metrics port in {first}..{last}")
+    span = f"port {first} is" if first == last else f"ports {first}..{last} are"
+    raise LivenessError(f"{who}: metrics {span} in use (set metrics.port, or 0 to disable)")

@@ -63,3 +63,17 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
 def test_bad_redis_scheme(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="redis.url"):
         load_settings(write(tmp_path, "redis: {url: 'http://x'}\n"), environ={})
+
+
+def test_metrics_port_in_use_is_a_clear_error() -> None:
+    import socket
+
+    from liveness.config import MetricsSettings
+    from liveness.metrics import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ConfigError.__mro__[1], match=f"metrics port {port} is in use"):
+            serve(MetricsSettings(port=port, host="127.0.0.1"), "test", port)

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from liveness.config import load_settings
-from liveness.errors import ConfigError
+from liveness.errors import ConfigError, LivenessError
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -75,5 +75,5 @@ def test_metrics_port_in_use_is_a_clear_error() -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        with pytest.raises(ConfigError.__mro__[1], match=f"metrics port {port} is in use"):
+        with pytest.raises(LivenessError, match=f"metrics port {port} is in use"):
             serve(MetricsSettings(port=port, host="127.0.0.1"), "test", port)

@@ -65,17 +65,24 @@ class Item:
 
 
 class FusionConsumer(StreamConsumer):
-    """Consumes one input stream (face scores, eye scores or labels) into the shared track state."""
+    """Consumes the face-score, eye-score and label streams, in one read, into the shared track state."""
 
-    def __init__(self, fusion: "Fusion", stream: str, kind: str) -> None:
+    def __init__(self, fusion: "Fusion") -> None:
         s = fusion.settings
-        super().__init__(fusion.redis, fusion.keys, stream, fusion.keys.group("fusion"), fusion.name,
-                         batch_size=64, block_ms=20, min_idle_ms=s.face_worker.min_idle_ms,
+        keys = fusion.keys
+        self.kinds = {keys.stream(FaceScore): "face", keys.stream(EyeScore): "eye", keys.stream(Label): "label"}
+        super().__init__(fusion.redis, keys, list(self.kinds), keys.group("fusion"), fusion.name,
+                         batch_size=128, block_ms=20, min_idle_ms=s.face_worker.min_idle_ms,
                          max_deliveries=s.face_worker.max_deliveries, dead_maxlen=s.streams.maxlen,
                          stop=fusion.stop, redis_url=s.redis.url)
         self.fusion = fusion
-        self.kind = kind
-        metrics.DUPLICATES.labels(kind)
+        for kind in ("face", "eye"):
+            metrics.DUPLICATES.labels(kind)
+
+    @property
+    def kind(self) -> str:
+        """What the stream being handled carries: face scores, eye scores or labels."""
+        return self.kinds[self.stream]
 
     def decode(self, entries: list[Entry]) -> tuple[list[Item], dict[str, str]]:
         items: list[Item] = []
@@ -205,7 +212,7 @@ def error_rates(counts: dict[tuple[str, str], int]) -> tuple[float, float, int, 
 
 
 class Fusion:
-    """Consumers for face scores, eye scores and labels, plus a gauge and expiry loop."""
+    """A consumer of face scores, eye scores and labels, plus a gauge and expiry loop."""
 
     def __init__(self, settings: Settings, client: redis.Redis, name: str, stop: threading.Event) -> None:
         self.settings = settings
@@ -217,23 +224,17 @@ class Fusion:
         self.webhook = Webhook(settings.fusion.webhook_url, stop)
 
     def start(self) -> None:
-        """Start one consumer thread per input stream, then keep the gauges until stopped."""
-        consumers = [
-            FusionConsumer(self, self.keys.stream(FaceScore), "face"),
-            FusionConsumer(self, self.keys.stream(EyeScore), "eye"),
-            FusionConsumer(self, self.keys.stream(Label), "label"),
-        ]
-        threads = [threading.Thread(target=c.run, name=f"fusion:{c.kind}", daemon=True) for c in consumers]
-        for t in threads:
-            t.start()
+        """Start the consumer thread, then keep the gauges until stopped."""
+        consumer = FusionConsumer(self)
+        thread = threading.Thread(target=consumer.run, name="fusion:consumer", daemon=True)
+        thread.start()
         log.info("%s: policy %s, rule %s", self.name, self.policy.model_dump(), self.settings.fusion.rule)
         while not self.stop.wait(GAUGES_EVERY_S):
             try:
                 self.update_gauges()
             except redis.RedisError as e:
                 log.warning("%s: gauges not updated (%s)", self.name, type(e).__name__)
-        for t in threads:
-            t.join(timeout=10)
+        thread.join(timeout=10)
         self.webhook.close()
 
     def update_gauges(self) -> None:

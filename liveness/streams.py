@@ -63,13 +63,15 @@ def consumer_name(role: str) -> str:
 class StreamConsumer:
     """One consumer of one group on one stream; subclasses implement ``handle()``."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, stream: str, group: str, name: str, *,
+    def __init__(self, client: redis.Redis, keys: Keys, stream: str | list[str], group: str, name: str, *,
                  batch_size: int = 16, block_ms: int = 20, min_idle_ms: int = 10_000, max_deliveries: int = 3,
                  dead_maxlen: int = 10_000, dead_retention_s: float | None = None,
                  stop: threading.Event | None = None, redis_url: str = "") -> None:
         self.redis = client
         self.keys = keys
-        self.stream = stream
+        self.streams = [stream] if isinstance(stream, str) else list(stream)
+        self.stream = self.streams[0]
+        """The stream whose entries are being handled (a consumer may read several in one call)."""
         self.group = group
         self.name = name
         self.batch_size = batch_size
@@ -82,7 +84,7 @@ class StreamConsumer:
         self.redis_url = redis_url
         self._next_claim = 0.0
         self._next_info = 0.0
-        self._claim_cursor = "0-0"
+        self._claim_cursor = {name: "0-0" for name in self.streams}
         for family in (RECLAIMED, HANDLE_ERRORS, REDIS_ERRORS, PROCESSED):  # exported at 0 from the start
             family.labels(group)
         for reason in ("poison", "max_deliveries"):
@@ -90,15 +92,16 @@ class StreamConsumer:
 
     def ensure_group(self) -> None:
         """Create the group (and stream) if missing; it starts from the stream's beginning."""
-        try:
-            self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except redis.ResponseError as e:
-            if "BUSYGROUP" not in str(e):
-                raise
+        for stream in self.streams:
+            try:
+                self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except redis.ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
 
     def run(self) -> None:
         """Consume until ``stop`` is set; Redis outages are waited out, never fatal."""
-        log.info("%s: consuming %s as %s/%s", self.name, self.stream, self.group, self.name)
+        log.info("%s: consuming %s as %s/%s", self.name, ", ".join(self.streams), self.group, self.name)
         ready = False
         while not self.stop.is_set():
             try:
@@ -121,29 +124,38 @@ class StreamConsumer:
         self.teardown()
 
     def poll(self) -> int:
-        """One round: reclaim if due, read a batch, handle, commit. Returns entries handled."""
+        """One round: reclaim if due, read a batch from every stream, handle, commit. Returns entries handled."""
         now = time.monotonic()
         if now >= self._next_info:
             self._next_info = now + INFO_EVERY_S
             self._report_lag()
-        entries: list[Entry] = []
+        handled = 0
         if now >= self._next_claim:
             self._next_claim = now + self.min_idle_ms / 4000.0
-            entries = self.reclaim()
-        if not entries:
-            reply = self.redis.xreadgroup(self.group, self.name, {self.stream: ">"}, count=self.batch_size,
-                                          block=self.block_ms)
-            entries = [(_text(i), f) for _, msgs in reply for i, f in msgs] if reply else []
-        if entries:
-            self.process(entries)
-        return len(entries)
+            for stream in self.streams:
+                self.stream = stream
+                entries = self.reclaim()
+                if entries:
+                    self.process(entries)
+                    handled += len(entries)
+        if handled:
+            return handled
+        reply = self.redis.xreadgroup(self.group, self.name, {s: ">" for s in self.streams}, count=self.batch_size,
+                                      block=self.block_ms)
+        for stream, msgs in reply or []:
+            self.stream = _text(stream)
+            entries = [(_text(i), f) for i, f in msgs]
+            if entries:
+                self.process(entries)
+                handled += len(entries)
+        return handled
 
     def reclaim(self) -> list[Entry]:
         """Take over entries idle longer than ``min_idle_ms``; dead-letter those delivered too often."""
         reply = self.redis.xautoclaim(self.stream, self.group, self.name, self.min_idle_ms,
-                                      start_id=self._claim_cursor, count=self.batch_size)
+                                      start_id=self._claim_cursor[self.stream], count=self.batch_size)
         cursor, claimed = reply[0], reply[1]
-        self._claim_cursor = _text(cursor)
+        self._claim_cursor[self.stream] = _text(cursor)
         entries = [(_text(i), f) for i, f in claimed if f is not None]
         if not entries:
             return []
@@ -204,14 +216,18 @@ class StreamConsumer:
         pipe.xack(self.stream, self.group, *[i for i, _ in entries])
 
     def _report_lag(self) -> None:
-        try:
-            groups = self.redis.xinfo_groups(self.stream)
-        except redis.ResponseError:
-            return
-        for g in groups:
-            if _text(g.get("name", b"")) == self.group:
-                LAG.labels(self.group).set(g.get("lag") or 0)
-                PENDING.labels(self.group).set(g.get("pending") or 0)
+        lag = pending = 0
+        for stream in self.streams:
+            try:
+                groups = self.redis.xinfo_groups(stream)
+            except redis.ResponseError:
+                continue
+            for g in groups:
+                if _text(g.get("name", b"")) == self.group:
+                    lag += g.get("lag") or 0
+                    pending += g.get("pending") or 0
+        LAG.labels(self.group).set(lag)
+        PENDING.labels(self.group).set(pending)
 
     def handle(self, entries: list[Entry]) -> Outcome:
         """Process a batch; return what to write. Raise to leave the batch for redelivery."""

@@ -144,3 +144,22 @@ def test_invalid_config_and_unknown_camera(tmp_path: Path, prefix: str) -> None:
     res = subprocess.run(liveness_cmd("ingest", "--config", str(config), "--camera", "gate"),
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "unknown camera id 'gate' (known: door)" in res.stderr
+
+
+def test_face_crops_expire_within_the_retention(rtsp: RtspServer, r: redis.Redis, prefix: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path, prefix, [{"id": "door", "source": rtsp.url("live")}])
+    data = yaml.safe_load(config.read_text())
+    data["streams"] = {"crop_retention_s": 2.0}
+    config.write_text(yaml.safe_dump(data))
+    proc = start_ingest(config)
+    keys = Keys(prefix)
+    try:
+        wait_for(lambda: r.xlen(keys.stream(FaceCrop)) > 0, timeout_s=60)
+        time.sleep(6)
+        oldest = r.xrange(keys.stream(FaceCrop), count=1)[0][0].decode()
+        age_s = time.time() - int(oldest.split("-")[0]) / 1000
+        dead_letters = r.xlen(keys.dead(keys.stream(FaceCrop)))
+    finally:
+        stop(proc)
+    assert age_s <= 2.0 + 1.5, f"oldest crop is {age_s:.1f} s old"
+    assert dead_letters == 0

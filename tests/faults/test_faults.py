@@ -209,3 +209,24 @@ def test_acl_user_and_tls(tmp_path: Path, prefix: str) -> None:
     logs = "".join(svc.logs.values())
     assert "NOPERM" not in logs and "no permissions" not in logs, "the services need no command beyond the ACL"
     assert server.password not in logs and "Traceback" not in logs
+
+
+def test_services_started_before_redis_wait_for_it(prefix: str, tmp_path: Path) -> None:
+    server = PrivateRedisServer(tmp_path / "late")
+    keys = Keys(prefix)
+    svc = Services(write_config(tmp_path, prefix, {"live-a": CLIPS["live-a"]}), server.env())
+    try:
+        svc.start("fusion", "fusion")
+        svc.start("face", "face-worker")
+        svc.start("eye", "eye-worker")
+        svc.start("ingest", "ingest", "--loop")
+        time.sleep(5)
+        assert all(p.poll() is None for p in svc.procs.values()), "nobody gave up while Redis was down"
+        server.start()
+        r = server.client()
+        wait_for(lambda: r.exists(keys.stream(Decision)), timeout_s=90)
+    finally:
+        svc.stop_all()
+        server.stop()
+    logs = "".join(svc.logs.values())
+    assert "not answering" in logs and "Traceback" not in logs

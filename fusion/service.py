@@ -128,14 +128,21 @@ class FusionConsumer(StreamConsumer):
             states: dict[str, TrackEvidence] = {}
             before: dict[str, tuple[str, str]] = {}
             fresh: dict[str, list[Item]] = {}
+            # source ids of the face and eye streams can coincide: the kind keeps them apart
+            ids = {t: [f"{self.kind}:{i.score.source_id}" for i in by_track[t] if i.score is not None] for t in tracks}
+            # every read in one round trip; the WATCH above still guards them (it precedes them)
+            reads = self.redis.pipeline(transaction=False)
             for track in tracks:
-                ev = TrackEvidence.from_hash(pipe.hgetall(keys.track_state(track)))
+                reads.hgetall(keys.track_state(track))
+                if ids[track]:
+                    reads.smismember(keys.seen(track), ids[track])
+            replies = iter(reads.execute())
+            for track in tracks:
+                ev = TrackEvidence.from_hash(next(replies))
                 states[track] = ev
                 before[track] = (ev.label, ev.verdict)
                 items = by_track[track]
-                # source ids of the face and eye streams can coincide: the kind keeps them apart
-                ids = [f"{self.kind}:{i.score.source_id}" for i in items if i.score is not None]
-                seen = {i for i, hit in zip(ids, pipe.smismember(keys.seen(track), ids)) if hit} if ids else set()
+                seen = {i for i, hit in zip(ids[track], next(replies)) if hit} if ids[track] else set()
                 fresh[track] = []
                 for item in items:
                     if item.score is not None:

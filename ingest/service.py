@@ -16,8 +16,8 @@ import cv2
 import redis
 
 from ingest import metrics
-from ingest.preview import Preview
 from ingest.capture import FileReader, Frame, LatestFrameReader, describe, is_live, open_capture
+from ingest.preview import Preview
 from liveness.config import CameraSettings, Settings, load_settings
 from liveness.contract import EyeSample, FaceCrop, Keys
 from liveness.errors import SourceError
@@ -53,10 +53,10 @@ at once and batching only happens when ingest is behind (or a file plays with --
 
 @dataclass
 class TrackState:
-    """What ingest keeps per track: its eye history and how many crops it has produced."""
+    """What ingest keeps per track: its eye history and how many frames it has been seen in."""
 
     eyes: EyeHistory = field(default_factory=EyeHistory)
-    crops: int = 0
+    frames: int = 0
 
 
 class IngestService:
@@ -237,8 +237,8 @@ class IngestService:
             cam, track.id, frame.index, frame.capture_ts, now, box, face.left, face.right,  # type: ignore[arg-type]
             state.eyes.open_level, window, state.eyes.rate_hz if window else None, self.camera.label,
         )]
-        state.crops += 1
-        if (state.crops - 1) % self.camera.crop_every == 0:  # type: ignore[operator]
+        state.frames += 1
+        if (state.frames - 1) % self.camera.crop_every == 0:  # type: ignore[operator]
             if self._shedding:
                 metrics.FRAMES_SHED.labels(cam).inc()
             else:

@@ -12,7 +12,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import cv2
 import redis
 
 from ingest import metrics
@@ -22,7 +21,7 @@ from liveness.config import CameraSettings, Settings, load_settings
 from liveness.contract import EyeSample, FaceCrop, Keys
 from liveness.errors import SourceError
 from liveness.eyes import EyeHistory
-from liveness.face import FacePipeline, align_crop
+from liveness.face import FacePipeline, crop_jpeg
 from liveness.lifecycle import stop_on_signals
 from liveness.metrics import serve
 from liveness.pacing import FramePacer
@@ -242,11 +241,10 @@ class IngestService:
             if self._shedding:
                 metrics.FRAMES_SHED.labels(cam).inc()
             else:
-                crop = align_crop(frame.image, face.landmarks, self.camera.crop)  # type: ignore[arg-type]
-                ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, self.camera.crop.jpeg_quality])  # type: ignore[union-attr]
-                if ok:
+                jpeg = crop_jpeg(frame.image, face.landmarks, self.camera.crop)  # type: ignore[arg-type]
+                if jpeg is not None:
                     out.append(FaceCrop(cam, track.id, frame.index, frame.capture_ts, now, box,  # type: ignore[arg-type]
-                                        jpeg.tobytes(), self.camera.label))
+                                        jpeg, self.camera.label))
         return out
 
     def _check_lag(self) -> None:

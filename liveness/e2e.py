@@ -22,7 +22,7 @@ import numpy as np
 from liveness.config import Settings, load_settings
 from liveness.contract import Decision, Keys
 from liveness.errors import LivenessError
-from liveness.localredis import PrivateRedis
+from liveness.localredis import PrivateRedis, free_port
 from liveness.redisconn import connect
 from liveness.replay import Replay, interleave
 from liveness.run import process_specs, write_config
@@ -79,7 +79,7 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, object]:
         data["prefix"] = f"bench-{os.getpid()}"
         data["metrics"] = {"port": data["metrics"]["port"] or 9400, "host": "127.0.0.1"}
         data["ingest"]["max_fps"] = args.fps
-        replay = Replay([_renamed(s, i) for i, s in enumerate(cams)], _free_port(), args.fps, tmp / "frames")
+        replay = Replay([_renamed(s, i) for i, s in enumerate(cams)], free_port(), args.fps, tmp / "frames")
         stack.callback(replay.close)
         data["cameras"] = replay.cameras
         settings = Settings.model_validate(data)
@@ -137,14 +137,6 @@ def _renamed(seq, i: int):  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
     return replace(seq, name=f"cam{i:02d}-{seq.label}")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _totals(settings: Settings, n: int) -> dict[str, float]:

@@ -71,6 +71,12 @@ def align_crop(frame: np.ndarray, pts: np.ndarray, crop: CropSettings) -> np.nda
                           borderMode=cv2.BORDER_REPLICATE)
 
 
+def crop_jpeg(frame: np.ndarray, pts: np.ndarray, crop: CropSettings) -> bytes | None:
+    """The aligned crop as the JPEG that travels on the face stream (None if encoding failed)."""
+    ok, jpeg = cv2.imencode(".jpg", align_crop(frame, pts, crop), [cv2.IMWRITE_JPEG_QUALITY, crop.jpeg_quality])
+    return jpeg.tobytes() if ok else None
+
+
 def landmark_box(pts: np.ndarray) -> tuple[int, int, int, int]:
     """Axis-aligned box ``(x, y, w, h)`` around the landmarks."""
     lo, hi = pts.min(axis=0), pts.max(axis=0)

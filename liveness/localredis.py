@@ -16,6 +16,13 @@ from liveness.errors import LivenessError
 log = logging.getLogger(__name__)
 
 
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class PrivateRedis:
     """``redis-server`` on a free loopback port, keeping nothing on disk; stopped on exit."""
 
@@ -24,9 +31,7 @@ class PrivateRedis:
         if binary is None:
             raise LivenessError("no Redis configured and redis-server is not installed "
                                 "(Debian/Ubuntu: apt-get install redis-server)")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="liveness-redis-")
         self._proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",

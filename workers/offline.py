@@ -11,16 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
-import cv2
 import numpy as np
 
 from liveness.config import CameraDefaults
 from liveness.errors import PoisonMessageError
 from liveness.evidence import Policy, TrackEvidence
 from liveness.eyes import EyeHistory, eye_input
-from liveness.face import FacePipeline, align_crop
+from liveness.face import FacePipeline, crop_jpeg
 from liveness.pacing import FramePacer
 from liveness.tracking import FaceTracker
+from workers.face import decode_crop
 from workers.runners import OnnxModel
 
 
@@ -103,13 +103,9 @@ class OfflineAnalyzer:
                     except PoisonMessageError:
                         pass  # as the eye worker: an unscorable window is not evidence
                 if (res.frames - 1) % self.camera.crop_every == 0:
-                    crop = align_crop(image, track.face.landmarks, self.camera.crop)
-                    ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, self.camera.crop.jpeg_quality])
-                    if ok:  # the workers see the crop after JPEG, so offline does too
-                        crop = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
-                        if crop.shape[0] != size:
-                            crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
-                        ev.append(_Event(ts, processed, "face", crop))
+                    jpeg = crop_jpeg(image, track.face.landmarks, self.camera.crop)
+                    if jpeg is not None:  # the workers see the crop after JPEG, so offline does too
+                        ev.append(_Event(ts, processed, "face", decode_crop(jpeg, size)))
             processed += 1
         for track_id, ev in events.items():
             self._decide(results[track_id], ev)

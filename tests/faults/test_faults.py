@@ -61,6 +61,12 @@ class Services:
         self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                             text=True)
 
+    def start_scoring(self) -> None:
+        """Fusion, a face worker and an eye worker: what every camera needs downstream."""
+        self.start("fusion", "fusion")
+        self.start("face", "face-worker")
+        self.start("eye", "eye-worker")
+
     def kill(self, name: str) -> None:
         proc = self.procs.pop(name)
         proc.send_signal(signal.SIGKILL)
@@ -156,9 +162,7 @@ def test_redis_restart_mid_run(private_redis: PrivateRedisServer, prefix: str, t
     keys = Keys(prefix)
     svc = Services(write_config(tmp_path, prefix, {"live-a": CLIPS["live-a"]}), private_redis.env())
     try:
-        svc.start("fusion", "fusion")
-        svc.start("face", "face-worker")
-        svc.start("eye", "eye-worker")
+        svc.start_scoring()
         time.sleep(3)
         svc.start("ingest", "ingest", "--loop")
         wait_for(lambda: r.exists(keys.stream(Decision)), timeout_s=60)
@@ -193,9 +197,7 @@ def test_acl_user_and_tls(tmp_path: Path, prefix: str) -> None:
     keys = Keys(prefix)
     svc = Services(write_config(tmp_path, prefix, {"photo": CLIPS["photo"]}), server.env())
     try:
-        svc.start("fusion", "fusion")
-        svc.start("face", "face-worker")
-        svc.start("eye", "eye-worker")
+        svc.start_scoring()
         time.sleep(3)
         svc.start("ingest", "ingest")
         wait_for(lambda: r.exists(keys.stream(Decision)), timeout_s=90)
@@ -216,9 +218,7 @@ def test_services_started_before_redis_wait_for_it(prefix: str, tmp_path: Path) 
     keys = Keys(prefix)
     svc = Services(write_config(tmp_path, prefix, {"live-a": CLIPS["live-a"]}), server.env())
     try:
-        svc.start("fusion", "fusion")
-        svc.start("face", "face-worker")
-        svc.start("eye", "eye-worker")
+        svc.start_scoring()
         svc.start("ingest", "ingest", "--loop")
         time.sleep(5)
         assert all(p.poll() is None for p in svc.procs.values()), "nobody gave up while Redis was down"

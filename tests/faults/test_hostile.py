@@ -63,9 +63,7 @@ def test_hostile_messages_are_dead_lettered_not_fatal(private_redis: PrivateRedi
     svc = Services(write_config(tmp_path, prefix, {"photo": "ImposterRaw/0001_00_00_01"}), private_redis.env())
     sent: list[tuple[type, str]] = []
     try:
-        svc.start("fusion", "fusion")
-        svc.start("face", "face-worker")
-        svc.start("eye", "eye-worker")
+        svc.start_scoring()
         time.sleep(4)
 
         @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -313,6 +314,7 @@ def run_camera(settings: Settings, camera_id: str, fast: bool = False, loop: boo
                max_frames: int | None = None, metrics_port: int | None = None) -> None:
     """Entry point of one camera's process: signals stop it cleanly."""
     camera = settings.camera(camera_id)
+    os.nice(settings.ingest.nice)
     stop = stop_on_signals()
     serve(settings.metrics, f"ingest {camera_id}", metrics_port)
     IngestService(settings, camera, fast, loop, max_frames, stop).start()

@@ -66,6 +66,10 @@ class DetectSettings(Section):
 class CameraDefaults(Section):
     max_fps: float = Field(10.0, gt=0, le=120, description="Frames per second processed at most (eye windows are 10 Hz)")
     crop_every: int = Field(2, ge=1, description="Publish every k-th crop of a track")
+    nice: int = Field(5, ge=0, le=19, description=(
+        "Scheduling niceness of camera processes: on a shared machine the workers and fusion, "
+        "which drain the queues, come first, so overload skips frames at the source instead of "
+        "queueing them"))
     detect: DetectSettings = Field(default_factory=DetectSettings)
     crop: CropSettings = Field(default_factory=CropSettings)
 

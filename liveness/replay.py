@@ -30,23 +30,36 @@ SYSTEM_PYTHON = os.environ.get("LIVENESS_SYSTEM_PYTHON", "/usr/bin/python3")
 
 SERVER = Path(__file__).with_name("rtsp_server.py")
 
+KEYFRAME_EVERY = 15
+"""Frames between keyframes of the replayed streams (what a camera's GOP would be)."""
+
 
 def mount_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)[:60]
 
 
-def stage_frames(sequence, dest: Path) -> str:  # type: ignore[no-untyped-def]
-    """Frames numbered from 0 as multifilesrc needs: links to image files, or a video's frames."""
+def stage_frames(sequence, dest: Path, fps: float) -> str:  # type: ignore[no-untyped-def]
+    """The sequence encoded once to H.264, one access unit per file, numbered from 0.
+
+    The RTSP server loops these files without re-encoding, so serving N cameras costs almost
+    nothing: a real camera encodes on its own hardware, and a benchmark on this machine should
+    measure the pipeline, not the camera simulator. Frame 0 is a keyframe and every keyframe
+    repeats SPS/PPS, so the loop restarts cleanly and a client can join at any keyframe.
+    """
+    if shutil.which("ffmpeg") is None:
+        raise LivenessError("replay: needs ffmpeg to encode the cameras (apt-get install ffmpeg)")
     dest.mkdir(parents=True)
     if sequence.video is None:
         for i, frame in enumerate(sequence.frames):
             (dest / f"{i:05d}.jpg").symlink_to(frame.resolve())
-        return str(dest / "%05d.jpg")
-    if shutil.which("ffmpeg") is None:
-        raise LivenessError("replay: video entries need ffmpeg (apt-get install ffmpeg)")
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(sequence.video), "-q:v", "3", "-start_number", "0",
-                    str(dest / "%05d.jpg")], check=True)
-    return str(dest / "%05d.jpg")
+        source = ["-framerate", f"{fps}", "-start_number", "0", "-i", str(dest / "%05d.jpg")]
+    else:
+        source = ["-i", str(sequence.video)]
+    subprocess.run(["ffmpeg", "-loglevel", "error", *source, "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2",
+                    "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
+                    "-g", str(KEYFRAME_EVERY), "-bf", "0", "-b:v", "3000k", "-x264-params", "repeat-headers=1",
+                    "-f", "image2", "-start_number", "0", str(dest / "%05d.h264")], check=True)
+    return str(dest / "%05d.h264")
 
 
 class Replay:
@@ -59,7 +72,7 @@ class Replay:
         mounts = []
         for seq in sequences:
             name = mount_name(seq.name)
-            pattern = stage_frames(seq, workdir / name)
+            pattern = stage_frames(seq, workdir / name, fps)
             mounts.append(f"{name}={pattern}@{fps}")
             self.cameras.append({"id": name, "source": f"rtsp://{host}:{port}/{name}", "label": seq.label})
         self.proc = subprocess.Popen([SYSTEM_PYTHON, str(SERVER), "--port", str(port), "--address", host, *mounts],

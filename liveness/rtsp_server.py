@@ -1,11 +1,12 @@
-"""A real RTSP server (GStreamer's) that serves folders of JPEG frames as looping H.264 cameras.
+"""A real RTSP server (GStreamer's) that serves numbered frame files as looping H.264 cameras.
 
 Standalone: run it with the system Python, which has the ``gi`` bindings
 (Debian: gir1.2-gst-rtsp-server-1.0, python3-gi, gstreamer1.0-plugins-*):
 
     /usr/bin/python3 liveness/rtsp_server.py --port 8554 cam1=/frames/a/%05d.jpg@15
 
-serves ``rtsp://127.0.0.1:8554/cam1``. Frames must be numbered from 0 in the pattern.
+serves ``rtsp://127.0.0.1:8554/cam1``. Frames must be numbered from 0 in the pattern: JPEG
+images (encoded live) or H.264 access units (served as they are).
 """
 
 from __future__ import annotations
@@ -22,14 +23,20 @@ from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 
 def pipeline(pattern: str, fps: float) -> str:
-    """A launch line that loops JPEG frames into an RTP H.264 payload."""
+    """A launch line that loops numbered files into an RTP H.264 payload.
+
+    ``.h264`` files are access units encoded beforehand (``liveness.replay.stage_frames``) and
+    are only re-packetised; JPEG frames are encoded here, live.
+    """
     num, den = (int(round(fps * 1000)), 1000)
-    return (
-        f"( multifilesrc location={pattern} loop=true caps=image/jpeg,framerate={num}/{den} "
-        "! jpegdec ! videoconvert ! video/x-raw,format=I420 "
-        "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 bitrate=3000 "
-        "! rtph264pay name=pay0 pt=96 config-interval=1 )"
-    )
+    if pattern.endswith(".h264"):
+        source = (f"multifilesrc location={pattern} loop=true "
+                  f"caps=video/x-h264,stream-format=byte-stream,alignment=au,framerate={num}/{den} ! h264parse")
+    else:
+        source = (f"multifilesrc location={pattern} loop=true caps=image/jpeg,framerate={num}/{den} "
+                  "! jpegdec ! videoconvert ! video/x-raw,format=I420 "
+                  "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 bitrate=3000")
+    return f"( {source} ! rtph264pay name=pay0 pt=96 config-interval=1 )"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,39 +32,57 @@ def _median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float
     return statistics.median(times)
 
 
-def reference_ms(repeats: int = 15) -> tuple[float, list[dict[str, Any]]]:
-    """Median ms of one 1000x1000 float32 matmul with BLAS limited to one thread.
+ROUNDS = 9
+"""Interleaved rounds of reference and model timings; the ratios are medians over rounds."""
 
-    Returns the time and threadpoolctl's view of the BLAS pools during the measurement, so a
-    reader can check it really ran on one thread; LivenessError if a pool did not comply.
+
+def reference(repeats: int = 3) -> tuple[Callable[[], float], list[dict[str, Any]]]:
+    """A function timing one 1000x1000 float32 matmul (median ms of ``repeats``) on one BLAS
+    thread, and threadpoolctl's view of the BLAS pools.
+
+    LivenessError if a pool does not comply, so a reader can trust the reference ran on one
+    thread. Call it, and the function it returns, inside ``threadpool_limits(limits=1)``.
     """
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from threadpoolctl import threadpool_info
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((REF_SIDE, REF_SIDE), dtype=np.float32)
     b = rng.standard_normal((REF_SIDE, REF_SIDE), dtype=np.float32)
-    with threadpool_limits(limits=1):
-        pools = [{"api": p["internal_api"], "num_threads": p["num_threads"]} for p in threadpool_info()]
-        if any(p["num_threads"] != 1 for p in pools):
-            raise LivenessError(f"bench: could not limit BLAS to one thread: {pools}")
-        ms = _median_ms(lambda: a @ b, repeats)
-    return ms, pools
+    pools = [{"api": p["internal_api"], "num_threads": p["num_threads"]} for p in threadpool_info()]
+    if any(p["num_threads"] != 1 for p in pools):
+        raise LivenessError(f"bench: could not limit BLAS to one thread: {pools}")
+    return (lambda: _median_ms(lambda: a @ b, repeats, warmup=1)), pools
 
 
 def bench_face(args: argparse.Namespace) -> dict[str, Any]:
-    """ms per face of the face model on one onnxruntime thread, at batch 1 and 32."""
+    """ms per face of the face model on one onnxruntime thread, at batch 1 and 32.
+
+    Why interleaved rounds: on a shared VM the speed of the machine drifts by 2x within a
+    minute; a reference and a model timing taken in the same round see the same machine, so
+    the median of the per-round ratios is far steadier than a ratio of separate medians.
+    """
+    from threadpoolctl import threadpool_limits
+
     from workers.runners import OnnxModel
 
     model = OnnxModel(getattr(args, "model", None) or artifact_path("face.onnx"), threads=1)
     rng = np.random.default_rng(0)
     b1 = rng.integers(0, 256, (1, *model.input_shape)).astype(np.float32)
     b32 = rng.integers(0, 256, (32, *model.input_shape)).astype(np.float32)
-    ref, pools = reference_ms()
-    ms_b1 = _median_ms(lambda: model.predict(b1), 200, warmup=10)
-    ms_b32 = _median_ms(lambda: model.predict(b32), 40) / 32.0
+    rounds: list[tuple[float, float, float]] = []
+    with threadpool_limits(limits=1):
+        ref_ms, pools = reference()
+        _median_ms(lambda: model.predict(b32), 1, warmup=3)
+        for _ in range(ROUNDS):
+            ref = ref_ms()
+            rounds.append((ref, _median_ms(lambda: model.predict(b1), 25, warmup=2),
+                           _median_ms(lambda: model.predict(b32), 5, warmup=1) / 32.0))
+    ref, ms_b1, ms_b32 = (statistics.median(r[i] for r in rounds) for i in range(3))
     return {"what": "face", "model": model.name, "version": model.version, "threads": 1,
             "ms_b1": round(ms_b1, 4), "ms_b32": round(ms_b32, 4), "ref_ms": round(ref, 3),
-            "ratio_b1": round(ms_b1 / ref, 4), "ratio_b32": round(ms_b32 / ref, 4), "blas": pools}
+            "ratio_b1": round(statistics.median(r[1] / r[0] for r in rounds), 4),
+            "ratio_b32": round(statistics.median(r[2] / r[0] for r in rounds), 4), "rounds": ROUNDS,
+            "blas": pools}
 
 
 def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:

@@ -43,10 +43,26 @@ class NetConfig:
 
 
 def _gaussian(sigma: float, size: int) -> torch.Tensor:
+    """Normalised 1-D Gaussian of ``size`` taps."""
     x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2.0
     g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
+    return g / g.sum()
+
+
+def _blur_matrix(sigma: float, size: int, n: int = INPUT_SIZE) -> torch.Tensor:
+    """(n, n) banded matrix B with ``B @ x`` = x convolved with the Gaussian along one axis,
+    zero padded (as ``conv2d(padding=size // 2)``).
+
+    Why a matrix: a one-channel 9x9 convolution is the worst case for onnxruntime's convolution
+    kernels (it took a third of the model's time); ``B @ grey @ B.T`` is the same separable blur
+    as two small matrix products, several times faster.
+    """
+    g, r = _gaussian(sigma, size), size // 2
+    b = torch.zeros(n, n)
+    for i in range(n):
+        lo, hi = max(0, i - r), min(n, i + r + 1)
+        b[i, lo:hi] = g[lo - i + r:hi - i + r]
+    return b
 
 
 class Preprocess(nn.Module):
@@ -56,8 +72,8 @@ class Preprocess(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.register_buffer("grey_w", torch.tensor([0.114, 0.587, 0.299]).view(1, 3, 1, 1))
-        self.register_buffer("g1", _gaussian(0.8, 5))
-        self.register_buffer("g2", _gaussian(2.0, 9))
+        self.register_buffer("blur1", _blur_matrix(0.8, 5), persistent=False)
+        self.register_buffer("blur2", _blur_matrix(2.0, 9), persistent=False)
 
     @property
     def channels(self) -> int:
@@ -80,7 +96,7 @@ class Preprocess(nn.Module):
             out = x / 255.0 - 0.5
         if not self.cfg.dog:
             return out
-        dog = F.conv2d(grey, self.g1, padding=2) - F.conv2d(grey, self.g2, padding=4)
+        dog = self.blur1 @ grey @ self.blur1.T - self.blur2 @ grey @ self.blur2.T
         return torch.cat([out, self._standardise(dog, 0.5)], dim=1)
 
 

@@ -92,11 +92,27 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
     return ingest(args)
 
 
+def machine_ref_ms(repeats: int = 5) -> float:
+    """The reference alone (median ms of ``repeats`` matmuls on one BLAS thread)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return reference(repeats)[0]()
+
+
 def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
-    """The whole pipeline with N RTSP cameras (``liveness/e2e.py``)."""
+    """The whole pipeline with N RTSP cameras (``liveness/e2e.py``).
+
+    Its target is absolute (N cameras on this machine), so ``ref_ms`` (the reference, taken
+    before and after the run, averaged) says how fast the machine was, for comparing runs on
+    different machines.
+    """
     from liveness.e2e import bench_e2e as e2e
 
-    return e2e(args)
+    before = machine_ref_ms()
+    result = e2e(args)
+    result["ref_ms"] = round((before + machine_ref_ms()) / 2.0, 3)
+    return result
 
 
 BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {

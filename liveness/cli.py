@@ -143,6 +143,18 @@ def _train_eye(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def _train_quality(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", choices=["nuaa", "folders"], default="nuaa")
+    p.add_argument("--root", required=True, help="dataset root")
+    p.add_argument("--split", default="all", help="nuaa: train, all, session-01, ...; folders: a subfolder")
+    p.add_argument("--train-session", help="nuaa: fit on this capture session only (a fold model)")
+    p.add_argument("--base", default="models/artifacts/face.onnx", help="face model without a quality branch")
+    p.add_argument("--out", default="models/artifacts/face.onnx", help="ONNX file to write")
+    p.add_argument("--limit", type=int, default=None, help="use at most N crops (smoke runs)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="operating threshold of the result (default: the base model's)")
+
+
 def _train_fusion(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", required=True, help="NUAA root")
     p.add_argument("--fold-models", required=True, metavar="DIR", help="face_trNN.onnx and eye_trNN.onnx per session")
@@ -193,6 +205,7 @@ COMMANDS: dict[str, tuple[str, str, Adder]] = {
     "label": ("fusion.label", "operator feedback: the ground truth of a track", _label),
     "train-face": ("models.train_face", "train and export the face model (extra 'train')", _train_face),
     "train-eye": ("models.train_eye", "train and export the eye model", _train_eye),
+    "train-quality": ("models.face_quality", "add the image-quality branch to a face model", _train_quality),
     "train-fusion": ("models.calibrate_fusion", "choose fusion thresholds across sessions", _train_fusion),
     "evaluate": ("models.evaluate", "ISO/IEC 30107-3 report of a model on a labelled dataset", _evaluate),
     "bench": ("liveness.bench", "benchmarks with JSON output", _bench),

@@ -82,14 +82,21 @@ def test_killed_face_worker_loses_nothing(r: redis.Redis, prefix: str, tmp_path:
     cfg = config(tmp_path, prefix, batch_size=64)
     group = keys.group("face-workers")
     ids: list[str] = []
-    for _attempt in range(5):
-        victim = start("face-worker", cfg, "victim")
+
+    def pending(name: str) -> int:
+        return next((c["pending"] for c in r.xinfo_consumers(keys.stream(FaceCrop), group)
+                     if c["name"].decode() == name), 0)
+
+    for attempt in range(5):
+        # a new consumer name each try, so a try is judged by its own victim's pending list
+        name, scored = f"victim{attempt}", r.xlen(keys.stream(FaceScore))
+        victim = start("face-worker", cfg, name)
         ids += add_crops(r, keys, 600)
-        wait_for(lambda: r.xlen(keys.stream(FaceScore)) > 0, timeout_s=60, every_s=0.01)
+        # kill it once it has written a batch and holds the next one
+        wait_for(lambda: r.xlen(keys.stream(FaceScore)) > scored and pending(name) > 0, timeout_s=60, every_s=0.005)
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
-        pending = {c["name"].decode(): c["pending"] for c in r.xinfo_consumers(keys.stream(FaceCrop), group)}
-        if pending.get("victim", 0) > 0:
+        if pending(name) > 0:
             break
     else:
         pytest.fail("could not kill the worker mid-batch in 5 tries")

@@ -50,6 +50,9 @@ def open_capture(camera: CameraSettings) -> cv2.VideoCapture:
     params = [
         cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(camera.open_timeout_s * 1000),
         cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(camera.read_timeout_s * 1000),
+        # one decoding thread per camera: with one process per camera, FFmpeg's own threads
+        # only add contention (about 10% more CPU per frame measured with 640x480 H.264)
+        cv2.CAP_PROP_N_THREADS, 1,
     ]
     source = camera.source
     if isinstance(source, str) and not is_live(source) and not Path(source).exists():

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from liveness.errors import LivenessError
+from models.train_face import _torch
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +34,6 @@ FEATURES = ("crop_mean", "crop_std", "crop_hf", "crop_range", "face_mean", "face
 
 C = 0.01
 """Inverse regularisation of the logistic regression (strong: 8 features, near-duplicate frames)."""
-
-
-def _torch():  # type: ignore[no-untyped-def]
-    try:
-        import torch
-    except ImportError as e:  # pragma: no cover - the extra is missing
-        raise LivenessError("train quality needs the 'train' extra: pip install -e '.[train]'") from e
-    return torch
 
 
 def quality_module():  # type: ignore[no-untyped-def]
@@ -197,10 +190,10 @@ def run(args: argparse.Namespace) -> int:
             p.value = name
         elif p.key == "liveness.threshold" and args.threshold is not None:
             p.value = f"{args.threshold:.6f}"
-    for key, value in (("liveness.quality", json.dumps({"features": FEATURES, "C": C, "trained_on": trained,
-                                                        "coef": [round(float(c), 4) for c in coef]})),):
-        entry = merged.metadata_props.add()
-        entry.key, entry.value = key, value
+    entry = merged.metadata_props.add()
+    entry.key = "liveness.quality"
+    entry.value = json.dumps({"features": FEATURES, "C": C, "trained_on": trained,
+                              "coef": [round(float(c), 4) for c in coef]})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     onnx.save(merged, args.out)
     report = {"out": args.out, "name": name, "crops": int(len(data.labels)), "features": list(FEATURES),

@@ -19,3 +19,7 @@ BPCER = Gauge("liveness_bpcer", "Live presentations rejected / live (decided, la
 ACER = Gauge("liveness_acer", "Mean of APCER and BPCER", ["camera", "window"])
 LABELLED = Gauge("liveness_labelled_tracks", "Decided tracks with ground truth", ["camera", "window", "label"])
 WEBHOOK_FAILURES = Counter("liveness_webhook_failures_total", "Decisions the webhook did not take after retries")
+CALIBRATION_TRACKS = Gauge("liveness_calibration_tracks", "Live-labelled tracks calibrating a camera's face evidence",
+                           ["camera"])
+LIVE_BASELINE = Gauge("liveness_live_baseline_logodds",
+                      "Median face log-odds of a camera's live-labelled tracks (NaN: not calibrated yet)", ["camera"])

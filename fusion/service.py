@@ -5,6 +5,10 @@ processes on any number of machines can share the work and a restart loses nothi
 batch is applied in one WATCH/MULTI transaction: state, seen source ids, decisions,
 accuracy counters and the XACK commit together or not at all, so a redelivered score is
 never counted twice and a decision is never emitted twice.
+
+A track labelled live by an operator adds its mean face log-odds to its camera's calibration
+(a sorted set in Redis); every fusion process re-reads the calibrations every few seconds
+and weighs new face scores against them (``liveness.evidence``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from liveness.config import Settings, load_settings
 from liveness.contract import Decision, EyeScore, FaceScore, Keys, Label, Score
 from liveness.defaults import artifact_path
 from liveness.errors import LivenessError, PoisonMessageError
-from liveness.evidence import Policy, TrackEvidence
+from liveness.evidence import Policy, TrackEvidence, live_baseline
 from liveness import lifecycle
 from liveness.metrics import STAGE_LATENCY
 from liveness.streams import Entry, Outcome, StreamConsumer, consumer_name
@@ -36,7 +40,10 @@ WATCH_RETRIES = 20
 """Attempts at a batch when another fusion process changes the same track meanwhile."""
 
 GAUGES_EVERY_S = 2.0
-"""How often the accuracy and open-track gauges are recomputed from Redis, seconds."""
+"""How often the accuracy and open-track gauges and the cameras' calibrations are re-read from Redis, seconds."""
+
+CALIBRATION_KEEP = 201
+"""Live tracks kept per camera for its calibration; beyond it the extremes go, the median stays."""
 
 
 def load_policy(settings: Settings) -> Policy:
@@ -128,6 +135,7 @@ class FusionConsumer(StreamConsumer):
             states: dict[str, TrackEvidence] = {}
             before: dict[str, tuple[str, str]] = {}
             fresh: dict[str, list[Item]] = {}
+            calibrate: dict[str, float | None] = {}  # track -> mean face log-odds to add, None: remove
             # source ids of the face and eye streams can coincide: the kind keeps them apart
             ids = {t: [f"{self.kind}:{i.score.source_id}" for i in by_track[t] if i.score is not None] for t in tracks}
             # every read in one round trip; the WATCH above still guards them (it precedes them)
@@ -155,11 +163,14 @@ class FusionConsumer(StreamConsumer):
                     if item.label is not None:
                         ev.camera = ev.camera or item.label.camera
                         ev.label = item.label.label
+                        live = ev.label == "live" and ev.face_n >= f.policy.min_face
+                        calibrate[track] = ev.face_logit_mean if live else None
                     elif item.score is not None:
                         sc = item.score
                         ev.camera = ev.camera or sc.camera
                         ev.label = ev.label or (sc.label or "")
-                        ev.add(self.kind, sc.score, sc.capture_ts, f.policy)  # type: ignore[arg-type]
+                        ev.add(self.kind, sc.score, sc.capture_ts, f.policy,  # type: ignore[arg-type]
+                               f.baselines.get(ev.camera))
                         STAGE_LATENCY.labels("score_to_fusion").observe(max(0.0, now - sc.scored_ts))
                 verdict, confidence = ev.decide(f.policy, f.settings.fusion.rule)
                 if verdict != "undecided" and verdict != ev.verdict:
@@ -183,6 +194,13 @@ class FusionConsumer(StreamConsumer):
                     pipe.expire(keys.seen(track), ttl)
                 pipe.zadd(keys.open_tracks, {track: now})
                 _count_accuracy(pipe, keys, ev, before[track])
+            for track, mean in calibrate.items():
+                camera = states[track].camera
+                if mean is None:
+                    pipe.zrem(keys.calibration(camera), track)
+                else:
+                    pipe.zadd(keys.calibration(camera), {track: mean})
+                    pipe.sadd(keys.calibrated, camera)
             for d in decisions:
                 pipe.xadd(keys.stream(Decision), d.to_fields(), maxlen=f.settings.streams.maxlen, approximate=True)
             self.queue_commit(pipe, Outcome(dead=dead), entries)
@@ -229,20 +247,45 @@ class Fusion:
         self.keys = Keys(settings.prefix)
         self.policy = load_policy(settings)
         self.webhook = Webhook(settings.fusion.webhook_url, stop)
+        self.baselines: dict[str, float | None] = {}
+        """Camera -> calibration (``liveness.evidence.live_baseline``), refreshed from Redis."""
 
     def start(self) -> None:
         """Start the consumer thread, then keep the gauges until stopped."""
+        self.refresh_calibration()
         consumer = FusionConsumer(self)
         thread = threading.Thread(target=consumer.run, name="fusion:consumer", daemon=True)
         thread.start()
         log.info("%s: policy %s, rule %s", self.name, self.policy.model_dump(), self.settings.fusion.rule)
         while not self.stop.wait(GAUGES_EVERY_S):
             try:
+                self.refresh_calibration()
                 self.update_gauges()
             except redis.RedisError as e:
                 log.warning("%s: gauges not updated (%s)", self.name, type(e).__name__)
         thread.join(timeout=10)
         self.webhook.close()
+
+    def refresh_calibration(self) -> None:
+        """Re-read every camera's live-labelled tracks (kept bounded) and recompute its calibration."""
+        cameras = sorted(c.decode() for c in self.redis.smembers(self.keys.calibrated))
+        reads = self.redis.pipeline(transaction=False)
+        for camera in cameras:
+            reads.zrange(self.keys.calibration(camera), 0, -1, withscores=True)
+        baselines: dict[str, float | None] = {}
+        for camera, members in zip(cameras, reads.execute()):
+            excess = len(members) - CALIBRATION_KEEP
+            if excess > 0:
+                low, high = excess // 2, excess - excess // 2
+                self.redis.zremrangebyrank(self.keys.calibration(camera), len(members) - high, -1)
+                if low:
+                    self.redis.zremrangebyrank(self.keys.calibration(camera), 0, low - 1)
+                members = members[low:len(members) - high]
+            baselines[camera] = live_baseline([score for _, score in members], self.policy)
+            metrics.CALIBRATION_TRACKS.labels(camera).set(len(members))
+            baseline = baselines[camera]
+            metrics.LIVE_BASELINE.labels(camera).set(float("nan") if baseline is None else baseline)
+        self.baselines = baselines
 
     def update_gauges(self) -> None:
         """Expire idle tracks from the open set; recompute accuracy over the run and the window."""

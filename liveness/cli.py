@@ -173,6 +173,9 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", metavar="FILE.png", help="draw the DET curve")
     p.add_argument("--face-model", help="face ONNX file (default: committed)")
     p.add_argument("--eye-model", help="eye ONNX file (default: committed)")
+    p.add_argument("--calibrate", choices=["none", "subjects"], default="none",
+                   help="fused: calibrate each session (camera) with the live sequences of half its subjects, "
+                        "report the other half, both ways")
 
 
 def _bench(p: argparse.ArgumentParser) -> None:

@@ -64,6 +64,15 @@ class Keys:
         """Hash ``camera|label|verdict`` -> tracks, for the accuracy gauges."""
         return f"{self.prefix}:accuracy"
 
+    def calibration(self, camera: str) -> str:
+        """Sorted set track -> mean face log-odds of a camera's tracks labelled live (its calibration)."""
+        return f"{self.prefix}:calibration:{camera}"
+
+    @property
+    def calibrated(self) -> str:
+        """Set of cameras that have a calibration."""
+        return f"{self.prefix}:calibrated"
+
     def camera_session(self, camera: str) -> str:
         """Counter that makes track ids unique across ingest restarts."""
         return f"{self.prefix}:camera-session:{camera}"

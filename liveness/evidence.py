@@ -1,12 +1,18 @@
 """Per-track evidence and the decision rule, shared by the fusion service and offline evaluation.
 
-Face scores are turned into clipped log-likelihood ratios around the face model's threshold,
-whose mean counts for at most ``face_cap`` crops, with a discount (frames of one track are
+Face scores are turned into clipped log-likelihood ratios around a neutral point, whose mean counts for at most ``face_cap`` crops, with a discount (frames of one track are
 strongly correlated, and a long track must not pile up a small bias); eye windows fill a
 histogram whose low quantile says whether the track ever blinked. The sum is compared with
 two thresholds: a spoof needs less evidence than a live face, since a false "spoof" is the
 cheaper error. The original rule (eye says fake -> fake, else the face decides) is kept
 for comparison.
+
+The neutral point is where the light of a camera's room puts it, not where training put it:
+a camera with enough live tracks labelled by an operator (``liveness label``) is calibrated,
+its neutral point is ``face_margin`` log-odds above the median face score of those live
+tracks; an uncalibrated camera uses ``face_threshold``. A threshold chosen in one room
+rejects most live faces in a dimmer one; the distance between live faces and attacks
+carries across rooms much better (``models/artifacts/fusion.md``).
 """
 
 from __future__ import annotations
@@ -33,7 +39,9 @@ class Policy(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    face_threshold: float = Field(0.5, gt=0, lt=1, description="Face score at which one crop is neutral")
+    face_threshold: float = Field(0.5, gt=0, lt=1, description="Face score at which one crop is neutral (uncalibrated)")
+    face_margin: float = Field(3.0, description="Log-odds above a calibrated camera's live median where a crop is neutral")
+    calibration_tracks: int = Field(3, ge=1, description="Labelled live tracks before a camera counts as calibrated")
     face_weight: float = Field(0.35, gt=0, description="Discount on each crop's log-odds (correlated frames)")
     face_cap: int = Field(8, ge=1, description="Crops beyond which face evidence stops growing (mean x cap)")
     eye_threshold: float = Field(0.5, gt=0, lt=1, description="Track eye quantile at which eyes are neutral")
@@ -55,7 +63,25 @@ def _logit(p: float) -> float:
 
 
 def _llr(p: float, threshold: float) -> float:
-    return max(-LLR_CLIP, min(LLR_CLIP, _logit(p) - _logit(threshold)))
+    return _clip(_logit(p) - _logit(threshold))
+
+
+def _clip(llr: float) -> float:
+    return max(-LLR_CLIP, min(LLR_CLIP, llr))
+
+
+def live_baseline(live_means: list[float], policy: Policy) -> float | None:
+    """A camera's calibration: the median face log-odds of its labelled live tracks, once there are enough."""
+    if len(live_means) < policy.calibration_tracks:
+        return None
+    ordered = sorted(live_means)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def face_neutral(policy: Policy, baseline: float | None) -> float:
+    """The face log-odds at which one crop is neutral, for a camera with ``baseline`` (None: uncalibrated)."""
+    return _logit(policy.face_threshold) if baseline is None else baseline + policy.face_margin
 
 
 @dataclass
@@ -68,6 +94,8 @@ class TrackEvidence:
     last_capture_ts: float = 0.0
     face_n: int = 0
     face_llr: float = 0.0
+    face_logit: float = 0.0
+    """Sum of the raw face log-odds: a labelled live track's mean calibrates its camera."""
     last_face: float = -1.0
     eye_n: int = 0
     eye_hist: list[int] = field(default_factory=lambda: [0] * EYE_BINS)
@@ -80,13 +108,21 @@ class TrackEvidence:
     def frames(self) -> int:
         return self.face_n + self.eye_n
 
-    def add(self, kind: Literal["face", "eye"], score: float, capture_ts: float, policy: Policy) -> None:
+    @property
+    def face_logit_mean(self) -> float | None:
+        return self.face_logit / self.face_n if self.face_n else None
+
+    def add(self, kind: Literal["face", "eye"], score: float, capture_ts: float, policy: Policy,
+            baseline: float | None = None) -> None:
+        """Count one score; ``baseline`` is the camera's calibration (``live_baseline``), if any."""
         if not self.first_capture_ts or capture_ts < self.first_capture_ts:
             self.first_capture_ts = capture_ts
         self.last_capture_ts = max(self.last_capture_ts, capture_ts)
         if kind == "face":
             self.face_n += 1
-            self.face_llr += _llr(score, policy.face_threshold)
+            logit = _logit(score)
+            self.face_logit += logit
+            self.face_llr += _clip(logit - face_neutral(policy, baseline))
             self.last_face = score
         else:
             self.eye_n += 1

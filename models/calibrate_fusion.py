@@ -6,6 +6,11 @@ score is out of sample). A policy is chosen on one session's scores and reported
 objective is the operating point: no attack accepted (APCER = 0 on the selection set), then
 the fewest live faces rejected, then the quickest decision for live faces.
 
+Policies are searched for calibrated cameras (``evaluate --calibrate subjects``: half of a
+session's subjects calibrate, the other half is scored, both ways); the neutral point of
+uncalibrated cameras (``face_threshold``) is then chosen with everything else fixed, and both
+are reported across sessions.
+
 Fold models (``DIR/face_trNN.onnx``, ``DIR/eye_trNN.onnx``: trained on session NN) come from
 ``liveness train face --val-session MM`` and ``liveness train eye --train-session NN``.
 """
@@ -22,10 +27,10 @@ from typing import Any
 from liveness.evidence import Policy
 from liveness.errors import LivenessError
 from models.datasets import nuaa
-from models.evaluate_fused import SequenceResult, analyze, report
+from models.evaluate_fused import SequenceResult, analyze, report, subject_half_baselines
 
 GRID = {
-    "face_threshold": [0.2, 0.35, 0.5],
+    "face_margin": [1.0, 2.0, 3.0, 4.0, 5.0],
     "face_weight": [0.25, 0.5],
     "face_cap": [4, 12],
     "eye_weight": [0.0, 1.0, 2.0],
@@ -33,7 +38,10 @@ GRID = {
     "spoof_at": [1.5, 3.0],
     "live_at": [2.0, 4.0, 6.0],
 }
-"""Policies tried: every combination (432)."""
+"""Policies tried for calibrated cameras: every combination (1440)."""
+
+FACE_THRESHOLDS = [0.001, 0.003, 0.01, 0.03, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 0.95, 0.98]
+"""Neutral points tried for uncalibrated cameras, the rest of the policy fixed."""
 
 
 def _cost(out: dict[str, Any]) -> tuple[float, float, float]:
@@ -43,13 +51,11 @@ def _cost(out: dict[str, Any]) -> tuple[float, float, float]:
     return (apcer > 0.0, apcer + bpcer, ttd)
 
 
-def choose(results: list[SequenceResult]) -> tuple[Policy, dict[str, Any]]:
-    """The best policy of the grid on ``results`` (scores are replayed, not recomputed)."""
+def _best(results: list[SequenceResult], policies: list[Policy],
+          baselines: list[float | None] | None) -> tuple[Policy, dict[str, Any]]:
     best: tuple[tuple[float, float, float], Policy, dict[str, Any]] | None = None
-    keys = list(GRID)
-    for values in itertools.product(*(GRID[k] for k in keys)):
-        policy = Policy(**dict(zip(keys, values)))
-        out, _, _ = report(results, policy)
+    for policy in policies:
+        out = report(results, policy, baselines=baselines)[0]
         cost = _cost(out)
         if best is None or cost < best[0]:
             best = (cost, policy, out)
@@ -57,10 +63,33 @@ def choose(results: list[SequenceResult]) -> tuple[Policy, dict[str, Any]]:
     return best[1], best[2]
 
 
+def _report(results: list[SequenceResult], policy: Policy, calibrated: bool) -> dict[str, Any]:
+    return report(results, policy, baselines=subject_half_baselines(results, policy) if calibrated else None)[0]
+
+
+def choose(results: list[SequenceResult]) -> tuple[Policy, dict[str, Any]]:
+    """The best calibrated policy of the grid on ``results`` (scores are replayed, not recomputed)."""
+    keys = list(GRID)
+    grid = [Policy(**dict(zip(keys, values))) for values in itertools.product(*(GRID[k] for k in keys))]
+    return _best(results, grid, subject_half_baselines(results, grid[0]))
+
+
+def choose_uncalibrated(results: list[SequenceResult], policy: Policy) -> tuple[Policy, dict[str, Any]]:
+    """``policy`` with the best neutral point for cameras nobody calibrated."""
+    grid = [policy.model_copy(update={"face_threshold": t}) for t in FACE_THRESHOLDS]
+    return _best(results, grid, None)
+
+
 def _brief(out: dict[str, Any]) -> dict[str, Any]:
     keys = ("n_live", "n_spoof", "apcer", "bpcer", "acer", "auc", "undecided", "time_to_decision_median_s",
             "time_to_decision_live_median_s", "time_to_decision_median_frames", "errors")
     return {k: out.get(k) for k in keys}
+
+
+def _mean(folds: dict[str, dict[str, Any]], which: str) -> dict[str, float]:
+    reported = [f[which] for f in folds.values()]
+    return {k: statistics.fmean(r[k] for r in reported if r[k] is not None)
+            for k in ("apcer", "bpcer", "acer", "auc") if any(r[k] is not None for r in reported)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,15 +105,19 @@ def run(args: argparse.Namespace) -> int:
     folds = {}
     for chosen_on, reported_on in (("01", "02"), ("02", "01")):
         policy, on_selection = choose(scored[chosen_on])
-        out, _, _ = report(scored[reported_on], policy)
+        policy, on_selection_uncal = choose_uncalibrated(scored[chosen_on], policy)
         folds[f"chosen_on_{chosen_on}_reported_on_{reported_on}"] = {
-            "policy": policy.model_dump(), "selection": _brief(on_selection), "reported": _brief(out)}
-    final, pooled = choose(scored["01"] + scored["02"])
-    reported = [f["reported"] for f in folds.values()]
-    summary = {k: statistics.fmean(r[k] for r in reported if r[k] is not None)
-               for k in ("apcer", "bpcer", "acer", "auc") if any(r[k] is not None for r in reported)}
-    result = {"cross_session": folds, "cross_session_mean": summary, "shipped_policy": final.model_dump(),
-              "shipped_policy_on_pooled_out_of_sample": _brief(pooled), "sessions": sessions}
+            "policy": policy.model_dump(), "selection": _brief(on_selection),
+            "reported": _brief(_report(scored[reported_on], policy, calibrated=True)),
+            "selection_uncalibrated": _brief(on_selection_uncal),
+            "reported_uncalibrated": _brief(_report(scored[reported_on], policy, calibrated=False))}
+    pooled_results = scored["01"] + scored["02"]
+    final, pooled = choose(pooled_results)
+    final, pooled_uncal = choose_uncalibrated(pooled_results, final)
+    result = {"cross_session": folds, "cross_session_mean": _mean(folds, "reported"),
+              "cross_session_mean_uncalibrated": _mean(folds, "reported_uncalibrated"),
+              "shipped_policy": final.model_dump(), "shipped_policy_on_pooled_out_of_sample": _brief(pooled),
+              "shipped_policy_on_pooled_out_of_sample_uncalibrated": _brief(pooled_uncal), "sessions": sessions}
     Path(args.out).write_text(json.dumps(final.model_dump(), indent=2) + "\n")
     if args.report:
         Path(args.report).write_text(json.dumps(result, indent=2, default=float) + "\n")

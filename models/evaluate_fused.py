@@ -4,6 +4,12 @@ Each sequence runs through ``workers.offline.OfflineAnalyzer`` (ingest's tracker
 windows, the ONNX models, fusion's evidence and rule); the longest track's verdict is the
 sequence's decision, and "undecided" counts as not accepted. APCER/BPCER/ACER come from the
 verdicts; AUC and EER from the track's final evidence, as a ranking.
+
+``--calibrate subjects`` measures what a camera calibrated by its operator does: each
+capture session is a camera; its subjects are split in two halves (every other subject in
+sorted order), the live sequences of one half calibrate it (``liveness.evidence.live_baseline``)
+and the other half is reported, then the reverse, so every sequence is reported once, by a
+calibration that never saw its subject.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from tqdm import tqdm
 from liveness.config import CameraDefaults
 from liveness.defaults import artifact_path
 from liveness.errors import LivenessError
-from liveness.evidence import Policy
+from liveness.evidence import Policy, live_baseline
 from liveness.eyes import INPUT_SIZE
 from liveness.pad_metrics import pad_report
 from models.datasets import Sequence, load
@@ -39,6 +45,7 @@ class SequenceResult:
     session: str | None
     unit: str
     track: TrackResult | None
+    subject: str | None = None
 
 
 _analyzer: OfflineAnalyzer | None = None
@@ -55,7 +62,7 @@ def _analyze(seq: Sequence) -> SequenceResult:
     assert _analyzer is not None
     tracks = _analyzer.analyze(seq.read())
     return SequenceResult(seq.name, seq.label, seq.session, "video" if seq.video else "sequence",
-                          tracks[0] if tracks else None)
+                          tracks[0] if tracks else None, seq.subject)
 
 
 def analyze(sequences: list[Sequence], face_path: str, eye_path: str, policy: Policy, rule: str = "evidence",
@@ -69,8 +76,30 @@ def analyze(sequences: list[Sequence], face_path: str, eye_path: str, policy: Po
         return list(tqdm(pool.map(_analyze, sequences), total=len(sequences), desc="sequences", unit="seq"))
 
 
-def report(results: list[SequenceResult], policy: Policy, rule: str = "evidence") -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """ISO/IEC 30107-3 figures of the verdicts under ``policy`` (tracks are replayed, not re-run)."""
+def subject_half_baselines(results: list[SequenceResult], policy: Policy) -> list[float | None]:
+    """Each result's camera calibration from the live sequences of the other half of its camera's subjects."""
+    if any(r.subject is None for r in results):
+        raise LivenessError("--calibrate subjects needs the subject of every sequence (NUAA, or folders "
+                            "entries named SUBJECT__...)")
+    baselines: list[float | None] = [None] * len(results)
+    for session in {r.session for r in results}:
+        mine = [i for i, r in enumerate(results) if r.session == session]
+        subjects = sorted({results[i].subject for i in mine})  # type: ignore[type-var]
+        halves = [set(subjects[0::2]), set(subjects[1::2])]
+        for half, other in (halves, halves[::-1]):
+            lives = [results[i].track.face_logit_mean for i in mine  # type: ignore[union-attr]
+                     if results[i].subject in other and results[i].label == "live" and results[i].track]
+            baseline = live_baseline([m for m in lives if m is not None], policy)
+            for i in mine:
+                if results[i].subject in half:
+                    baselines[i] = baseline
+    return baselines
+
+
+def report(results: list[SequenceResult], policy: Policy, rule: str = "evidence",
+           baselines: list[float | None] | None = None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """ISO/IEC 30107-3 figures of the verdicts under ``policy`` (tracks are replayed, not re-run), each
+    sequence under its camera's calibration ``baselines[i]`` (None: uncalibrated)."""
     labels = np.array([1 if r.label == "spoof" else 0 for r in results])
     accepted = np.zeros(len(results), bool)
     evidence = np.ones(len(results))
@@ -82,7 +111,7 @@ def report(results: list[SequenceResult], policy: Policy, rule: str = "evidence"
         if r.track is None:
             undecided += 1
             continue
-        r.track.replay(policy, rule)
+        r.track.replay(policy, rule, baselines[i] if baselines else None)
         accepted[i] = r.track.verdict == "live"
         undecided += r.track.verdict == "undecided"
         total = r.track.face_evidence + r.track.eye_evidence
@@ -122,8 +151,12 @@ def evaluate_fused(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray
     face = str(args.face_model or artifact_path("face.onnx"))
     eye = str(args.eye_model or artifact_path("eye.onnx"))
     results = analyze(dataset.sequences, face, eye, policy, getattr(args, "rule", "evidence"), args.workers)
-    out, labels, scores = report(results, policy, getattr(args, "rule", "evidence"))
-    out.update({"dataset": args.dataset, "split": args.split, "skipped": dataset.skipped, "threshold": 0.5})
+    calibrate = getattr(args, "calibrate", "none")
+    baselines = subject_half_baselines(results, policy) if calibrate == "subjects" else None
+    out, labels, scores = report(results, policy, getattr(args, "rule", "evidence"), baselines)
+    out.update({"dataset": args.dataset, "split": args.split, "skipped": dataset.skipped, "threshold": 0.5,
+                "calibration": calibrate,
+                "calibrated": sum(b is not None for b in baselines) if baselines else 0})
     return out, labels, scores
 
 

@@ -115,7 +115,7 @@ def wait_for(predicate, timeout_s: float, every_s: float = 0.2):  # type: ignore
 ACL_COMMANDS = (
     "+ping +auth +hello +incr +incrby +xadd +xtrim +xlen +xrange +xrevrange +xread +xreadgroup +xack "
     "+xautoclaim +xpending +xgroup|create +xinfo|groups +multi +exec +discard +watch +unwatch +hgetall +hmget +hset "
-    "+hincrby +expire +sadd +smismember +zadd +zremrangebyscore +zcard"
+    "+hincrby +expire +sadd +smembers +smismember +zadd +zrange +zrem +zremrangebyrank +zremrangebyscore +zcard"
 )
 """What the pipeline's services may run (README: "Redis security"); anything else is refused."""
 

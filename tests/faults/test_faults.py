@@ -15,7 +15,7 @@ import redis
 import yaml
 
 from liveness.contract import Decision, EyeSample, EyeScore, FaceCrop, FaceScore, Keys
-from liveness.evidence import TrackEvidence
+from liveness.evidence import Policy, TrackEvidence
 from tests.conftest import PrivateRedisServer, liveness_cmd, nuaa_sequence, wait_for
 
 CLIPS = {"live-a": "ClientRaw/0001_00_00_01", "live-b": "ClientRaw/0004_01_00_01", "photo": "ImposterRaw/0001_00_00_01"}
@@ -36,11 +36,15 @@ def write_config(tmp_path: Path, prefix: str, clips: dict[str, str]) -> Path:
     for cam, seq in clips.items():
         clip = make_clip(nuaa_sequence(seq), tmp_path / f"{cam}.avi")
         cams.append({"id": cam, "source": str(clip), "label": "spoof" if cam.startswith("photo") else "live"})
+    # the documented default policy, not the shipped one: an uncalibrated camera under the shipped
+    # policy may leave a live track undecided on purpose, and these tests need every track decided
+    policy = tmp_path / "policy.json"
+    policy.write_text(Policy().model_dump_json())
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({
         "prefix": prefix, "metrics": {"port": 0},
         "face_worker": {"min_idle_ms": 1000, "batch_size": 8}, "eye_worker": {"min_idle_ms": 1000},
-        "cameras": cams,
+        "fusion": {"policy": str(policy)}, "cameras": cams,
     }))
     return path
 

@@ -125,6 +125,43 @@ def test_labels_move_the_accuracy_gauges(r: redis.Redis, prefix: str, tmp_path: 
         stop(proc)
 
 
+def test_live_labels_calibrate_their_camera_only(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
+    """A dim room where live faces score 0.9: rejected until three live labels calibrate the camera."""
+    keys = Keys(prefix)
+    port = free_port()
+    cfg = config(tmp_path, prefix, port)
+    proc = start(cfg)
+
+    def scores(camera: str, track: str, score: float) -> None:
+        for frame in range(6):
+            face(r, keys, camera, track, frame, score)
+
+    def verdicts() -> dict[str, str]:
+        return {d.track: d.verdict for d in decisions(r, keys)}
+
+    try:
+        for track in ("d1", "d2", "d3"):
+            scores("dim", track, 0.9)
+        wait_for(lambda: len(verdicts()) == 3, timeout_s=30)
+        assert set(verdicts().values()) == {"spoof"}, "uncalibrated: 0.9 is over the neutral 0.5"
+        for track in ("d1", "d2", "d3"):
+            r.xadd(keys.stream(Label), Label("dim", track, "live", time.time()).to_fields())
+        wait_for(lambda: metric(port, 'liveness_calibration_tracks{camera="dim"}') == 3, timeout_s=15)
+        assert abs(metric(port, 'liveness_live_baseline_logodds{camera="dim"}') - 2.1972) < 1e-3  # logit(0.9)
+        scores("dim", "d4", 0.9)          # another live face in the same room
+        scores("dim", "d5", 0.999)        # a photo: log-odds 6.9, well above the room's live faces
+        scores("bright", "b1", 0.9)       # another camera keeps the uncalibrated neutral point
+        wait_for(lambda: len(verdicts()) == 6, timeout_s=30)
+        got = verdicts()
+        assert (got["d4"], got["d5"], got["b1"]) == ("live", "spoof", "spoof")
+        # the operator corrects one label: it leaves the calibration
+        r.xadd(keys.stream(Label), Label("dim", "d1", "spoof", time.time()).to_fields())
+        wait_for(lambda: r.zcard(keys.calibration("dim")) == 2, timeout_s=15)
+        wait_for(lambda: metric(port, 'liveness_calibration_tracks{camera="dim"}') == 2, timeout_s=15)
+    finally:
+        stop(proc)
+
+
 def test_restart_mid_run_neither_loses_nor_repeats_decisions(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
     keys = Keys(prefix)
     cfg = config(tmp_path, prefix)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from liveness.cli import main
+from liveness.errors import LivenessError
+from liveness.evidence import Policy
+from models.evaluate_fused import SequenceResult, subject_half_baselines
+from workers.offline import TrackResult
 from tests.conftest import nuaa_sequence
 
 
@@ -40,3 +46,20 @@ def test_eye_per_window(folders: Path, capsys: pytest.CaptureFixture[str]) -> No
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["unit"] == "window" and report["n_live"] > 50 and report["n_spoof"] > 50
     assert 0.0 <= report["auc"] <= 1.0
+
+
+def _result(subject: str, label: str, logit: float, session: str = "01") -> SequenceResult:
+    p = 1 / (1 + math.exp(-logit))
+    track = TrackResult("t", 3, 0.0, 0.2, events=[(0.1 * i, i, "face", p) for i in range(3)])
+    return SequenceResult(f"{label}-{subject}", label, session, "sequence", track, subject)
+
+
+def test_each_half_is_calibrated_by_the_other_halfs_live_faces() -> None:
+    results = [_result("A", "live", 1.0), _result("C", "live", 3.0), _result("B", "live", 5.0),
+               _result("D", "spoof", 9.0), _result("A", "live", -4.0, session="02"), _result("B", "spoof", 2.0, "02")]
+    got = subject_half_baselines(results, Policy(calibration_tracks=1))
+    # session 01: halves {A, C} and {B, D}; session 02 on its own: {A} and {B}, B's half has no live face
+    assert got == pytest.approx([5.0, 5.0, 2.0, 2.0, None, -4.0])
+    assert subject_half_baselines(results, Policy(calibration_tracks=2))[:4] == pytest.approx([None, None, 2.0, 2.0])
+    with pytest.raises(LivenessError, match="subject"):
+        subject_half_baselines([dataclasses.replace(results[0], subject=None)], Policy())

@@ -41,13 +41,22 @@ class TrackResult:
     events: list[tuple[float, int, str, float]] = field(default_factory=list)
     """(seconds, frame, "face" or "eye", score) in capture order: enough to replay other policies."""
 
-    def replay(self, policy: Policy, rule: str = "evidence") -> None:
-        """Decide again from the stored scores under ``policy`` (as fusion would have)."""
+    @property
+    def face_logit_mean(self) -> float | None:
+        """Mean face log-odds of the track: what a live label contributes to its camera's calibration."""
+        ev = TrackEvidence()
+        for ts, _, kind, score in self.events:
+            if kind == "face":
+                ev.add("face", score, ts, Policy())
+        return ev.face_logit_mean
+
+    def replay(self, policy: Policy, rule: str = "evidence", baseline: float | None = None) -> None:
+        """Decide again from the stored scores under ``policy`` and the camera's calibration (as fusion would)."""
         ev = TrackEvidence()
         self.verdict, self.confidence, self.decision_s, self.decision_frames = "undecided", 0.0, None, None
         first_frame = self.events[0][1] if self.events else 0
         for ts, frame, kind, score in self.events:
-            ev.add(kind, score, ts, policy)  # type: ignore[arg-type]
+            ev.add(kind, score, ts, policy, baseline)  # type: ignore[arg-type]
             verdict, confidence = ev.decide(policy, rule)
             if verdict != "undecided":
                 if self.decision_s is None:

@@ -1,21 +1,47 @@
-"""``liveness label``: operator feedback, the ground truth of one track, picked up by fusion."""
+"""``liveness label``: operator feedback, the ground truth of tracks, picked up by fusion.
+
+Labels feed the accuracy gauges, and live labels calibrate their camera (``liveness.evidence``):
+``--recent 30`` labels every track a camera scored in the last 30 seconds, which is how a
+camera is commissioned (a few people walk past it, nobody else in view).
+"""
 
 from __future__ import annotations
 
 import argparse
 import time
 
+import redis
+
 from liveness.config import load_settings
-from liveness.contract import Keys, Label
+from liveness.contract import FaceScore, Keys, Label
+from liveness.errors import LivenessError, PoisonMessageError
 from liveness.redisconn import connect
+
+
+def recent_tracks(client: redis.Redis, keys: Keys, camera: str, seconds: float) -> list[str]:
+    """Tracks of ``camera`` with a face score in the last ``seconds``, oldest first."""
+    start = f"{int((time.time() - seconds) * 1000)}-0"
+    tracks: dict[str, None] = {}
+    for _, fields in client.xrange(keys.stream(FaceScore), min=start):
+        try:
+            score = FaceScore.from_fields(fields)
+        except PoisonMessageError:
+            continue
+        if score.camera == camera:
+            tracks.setdefault(score.track)
+    return list(tracks)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    msg = Label(args.camera, args.track, args.label, time.time())
-    msg.validate()
+    keys = Keys(settings.prefix)
     client = connect(settings.redis)
-    entry = client.xadd(Keys(settings.prefix).stream(Label), msg.to_fields(), maxlen=settings.streams.maxlen,
-                        approximate=True)
-    print(f"labelled {args.camera} {args.track} as {args.label} ({entry.decode()})")
+    tracks = [args.track] if args.track else recent_tracks(client, keys, args.camera, args.recent)
+    if not tracks:
+        raise LivenessError(f"camera {args.camera}: no track scored in the last {args.recent:g} s")
+    for track in tracks:
+        msg = Label(args.camera, track, args.label, time.time())
+        msg.validate()
+        entry = client.xadd(keys.stream(Label), msg.to_fields(), maxlen=settings.streams.maxlen, approximate=True)
+        print(f"labelled {args.camera} {track} as {args.label} ({entry.decode()})")
     return 0

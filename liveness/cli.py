@@ -62,7 +62,11 @@ def _decisions(p: argparse.ArgumentParser) -> None:
 def _label(p: argparse.ArgumentParser) -> None:
     _config(p)
     p.add_argument("--camera", required=True)
-    p.add_argument("--track", required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--track", help="the track id (from `liveness decisions`)")
+    which.add_argument("--recent", type=float, metavar="SECONDS",
+                       help="every track the camera scored in the last SECONDS (commissioning: only live people "
+                            "in view)")
     p.add_argument("label", choices=["live", "spoof"])
 
 

@@ -144,16 +144,19 @@ def test_live_labels_calibrate_their_camera_only(r: redis.Redis, prefix: str, tm
             scores("dim", track, 0.9)
         wait_for(lambda: len(verdicts()) == 3, timeout_s=30)
         assert set(verdicts().values()) == {"spoof"}, "uncalibrated: 0.9 is over the neutral 0.5"
-        for track in ("d1", "d2", "d3"):
-            r.xadd(keys.stream(Label), Label("dim", track, "live", time.time()).to_fields())
+        scores("bright", "b0", 0.9)       # another camera's track: not labelled with dim's
+        res = subprocess.run(liveness_cmd("label", "--config", str(cfg), "--camera", "dim", "--recent", "60", "live"),
+                             capture_output=True, text=True, timeout=60)  # commissioning: everyone in view is live
+        assert res.returncode == 0 and res.stdout.count("labelled dim") == 3, res.stdout + res.stderr
         wait_for(lambda: metric(port, 'liveness_calibration_tracks{camera="dim"}') == 3, timeout_s=15)
         assert abs(metric(port, 'liveness_live_baseline_logodds{camera="dim"}') - 2.1972) < 1e-3  # logit(0.9)
         scores("dim", "d4", 0.9)          # another live face in the same room
         scores("dim", "d5", 0.999)        # a photo: log-odds 6.9, well above the room's live faces
         scores("bright", "b1", 0.9)       # another camera keeps the uncalibrated neutral point
-        wait_for(lambda: len(verdicts()) == 6, timeout_s=30)
+        wait_for(lambda: len(verdicts()) == 7, timeout_s=30)
         got = verdicts()
         assert (got["d4"], got["d5"], got["b1"]) == ("live", "spoof", "spoof")
+        assert r.zcard(keys.calibration("bright")) == 0
         # the operator corrects one label: it leaves the calibration
         r.xadd(keys.stream(Label), Label("dim", "d1", "spoof", time.time()).to_fields())
         wait_for(lambda: r.zcard(keys.calibration("dim")) == 2, timeout_s=15)
@@ -240,3 +243,10 @@ def test_webhook_gets_each_decision_despite_a_failure(r: redis.Redis, prefix: st
         stop(proc)
         server.shutdown()
     assert received[0]["track"] == "w1" and received[0]["verdict"] == "spoof" and calls["n"] == 2
+
+
+def test_label_recent_without_tracks_is_a_clear_error(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
+    res = subprocess.run(liveness_cmd("label", "--config", str(config(tmp_path, prefix)), "--camera", "nobody",
+                                      "--recent", "30", "live"), capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and "camera nobody: no track scored in the last 30 s" in res.stderr
+    assert not r.exists(Keys(prefix).stream(Label))

@@ -1,9 +1,9 @@
 """Per-track evidence and the decision rule, shared by the fusion service and offline evaluation.
 
-Face scores are turned into clipped log-likelihood ratios around a neutral point, whose mean counts for at most ``face_cap`` crops, with a discount (frames of one track are
-strongly correlated, and a long track must not pile up a small bias); eye windows fill a
-histogram whose low quantile says whether the track ever blinked. The sum is compared with
-two thresholds: a spoof needs less evidence than a live face, since a false "spoof" is the
+Face scores are turned into clipped log-likelihood ratios around a neutral point, whose mean
+counts for at most ``face_cap`` crops, with a discount (frames of one track are strongly
+correlated, and a long track must not pile up a small bias); eye windows fill a histogram
+whose low quantile says whether the track ever blinked. The sum is compared with two thresholds: a spoof needs less evidence than a live face, since a false "spoof" is the
 cheaper error. The original rule (eye says fake -> fake, else the face decides) is kept
 for comparison.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -72,11 +73,7 @@ def _clip(llr: float) -> float:
 
 def live_baseline(live_means: list[float], policy: Policy) -> float | None:
     """A camera's calibration: the median face log-odds of its labelled live tracks, once there are enough."""
-    if len(live_means) < policy.calibration_tracks:
-        return None
-    ordered = sorted(live_means)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return statistics.median(live_means) if len(live_means) >= policy.calibration_tracks else None
 
 
 def face_neutral(policy: Policy, baseline: float | None) -> float:

@@ -3,9 +3,9 @@
 Face scores are turned into clipped log-likelihood ratios around a neutral point, whose mean
 counts for at most ``face_cap`` crops, with a discount (frames of one track are strongly
 correlated, and a long track must not pile up a small bias); eye windows fill a histogram
-whose low quantile says whether the track ever blinked. The sum is compared with two thresholds: a spoof needs less evidence than a live face, since a false "spoof" is the
-cheaper error. The original rule (eye says fake -> fake, else the face decides) is kept
-for comparison.
+whose low quantile says whether the track ever blinked. The sum is compared with two
+thresholds: a spoof needs less evidence than a live face, since a false "spoof" is the cheaper
+error. The original rule (eye says fake -> fake, else the face decides) is kept for comparison.
 
 The neutral point is where the light of a camera's room puts it, not where training put it:
 a camera with enough live tracks labelled by an operator (``liveness label``) is calibrated,

@@ -41,7 +41,7 @@ class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     face_threshold: float = Field(0.5, gt=0, lt=1, description="Face score at which one crop is neutral (uncalibrated)")
-    face_margin: float = Field(3.0, description="Log-odds above a calibrated camera's live median where a crop is neutral")
+    face_margin: float = Field(3.0, description="Log-odds above a calibrated camera's live median: neutral")
     calibration_tracks: int = Field(3, ge=1, description="Labelled live tracks before a camera counts as calibrated")
     face_weight: float = Field(0.35, gt=0, description="Discount on each crop's log-odds (correlated frames)")
     face_cap: int = Field(8, ge=1, description="Crops beyond which face evidence stops growing (mean x cap)")

@@ -63,3 +63,25 @@ def test_each_half_is_calibrated_by_the_other_halfs_live_faces() -> None:
     assert subject_half_baselines(results, Policy(calibration_tracks=2))[:4] == pytest.approx([None, None, 2.0, 2.0])
     with pytest.raises(LivenessError, match="subject"):
         subject_half_baselines([dataclasses.replace(results[0], subject=None)], Policy())
+
+
+def test_fused_calibrated_by_the_other_subjects(tmp_path: Path, folders: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """``--calibrate subjects`` on folders named ``SUBJECT__...``: each half calibrated by the other's live faces."""
+    root = tmp_path / "subjects"
+    live = {"A__1": "0001_00_00_01", "A__2": "0002_01_00_01", "C__1": "0003_01_00_01",
+            "B__1": "0004_01_00_01", "B__2": "0005_00_00_01", "D__1": "0006_00_00_01"}
+    spoof = {"A__3": "0001_00_00_01", "B__3": "0002_01_00_01"}
+    for label, folder, entries in (("live", "ClientRaw", live), ("spoof", "ImposterRaw", spoof)):
+        for name, seq in entries.items():
+            dest = root / label / name
+            dest.mkdir(parents=True)
+            for i, frame in enumerate(nuaa_sequence(f"{folder}/{seq}")):
+                (dest / f"frame{i}.jpg").symlink_to(frame)
+    args = ["evaluate", "--model", "fused", "--dataset", "folders", "--json", "--calibrate", "subjects"]
+    assert main(args + ["--root", str(root), "--workers", "2"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (report["n_live"], report["n_spoof"], report["calibration"]) == (6, 2, "subjects")
+    assert report["calibrated"] == 8, "3 live sequences in each half calibrate the other half"
+    assert main(args + ["--root", str(folders)]) != 0  # no subjects in the names: a clear error
+    assert "needs the subject" in capsys.readouterr().err

@@ -7,6 +7,7 @@ are dlib's, 0-based: 36-41 is the eye on the image's left, 42-47 the one on its 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,18 +94,20 @@ class Face:
     right: float
 
 
-class FacePipeline:
-    """Detector and landmark model, loaded once per process (the landmark model is 100 MB)."""
+@functools.cache
+def shape_predictor() -> dlib.shape_predictor:
+    """dlib's 68-point model, loaded once per process (100 MB), or inherited from the fork server."""
+    return dlib.shape_predictor(str(landmark_model_path()))
 
-    _predictor: dlib.shape_predictor | None = None
+
+class FacePipeline:
+    """Detector and landmark model; the landmark model is shared by every pipeline of a process."""
 
     def __init__(self, detect: DetectSettings | None = None, crop: CropSettings | None = None) -> None:
         self.detect_settings = detect or DetectSettings()
         self.crop_settings = crop or CropSettings()
         self._detector = dlib.get_frontal_face_detector()
-        if FacePipeline._predictor is None:
-            FacePipeline._predictor = dlib.shape_predictor(str(landmark_model_path()))
-        self._shape = FacePipeline._predictor
+        self._shape = shape_predictor()
 
     @staticmethod
     def grey(frame: np.ndarray) -> np.ndarray:

@@ -1,13 +1,16 @@
 """Supervised processes: one per camera or worker, restarted with backoff when they crash.
 
 SIGINT/SIGTERM are passed on to every child, which drains (finishes and acknowledges its
-batch) before it exits; children still alive after ``DRAIN_S`` are killed.
+batch) before it exits; children still alive after ``DRAIN_S`` are killed. Children are forked
+from a fork server that has loaded what they all share (``PRELOAD``): a fresh, single-threaded
+process, so forking is safe, and what it loaded is one copy in memory for every child.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import signal
 import sys
 import time
@@ -33,6 +36,9 @@ BACKOFF_CAP_S = 30.0
 HEALTHY_S = 60.0
 """A process that ran this long resets its backoff."""
 
+PRELOAD = ["liveness.preload"]
+"""Modules the fork server imports before it forks any child (see ``liveness.preload``)."""
+
 
 @dataclass
 class ProcessSpec:
@@ -48,7 +54,13 @@ class ProcessSpec:
     restart_at: float | None = None
 
 
-def _child(target: Callable[..., Any], args: tuple[Any, ...], name: str, level: int) -> None:
+def _child(target: Callable[..., Any], args: tuple[Any, ...], name: str, level: int,
+           environ: dict[str, str], cwd: str) -> None:
+    # the fork server was started with the environment of the supervisor's first child: each
+    # child gets the supervisor's environment and directory as they are now, as spawn would
+    os.environ.clear()
+    os.environ.update(environ)
+    os.chdir(cwd)
     logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor sends SIGTERM; ^C is for it
     try:
@@ -67,12 +79,13 @@ class Supervisor:
             raise ValueError(f"duplicate process names: {names}")
         self.specs = specs
         self._stopping = False
-        self._ctx = mp.get_context("spawn")
+        self._ctx = mp.get_context("forkserver")
+        self._ctx.set_forkserver_preload(PRELOAD)
 
     def _start(self, spec: ProcessSpec) -> None:
         level = logging.getLogger().level
-        spec.process = self._ctx.Process(target=_child, args=(spec.target, spec.args, spec.name, level),
-                                         name=spec.name, daemon=False)
+        spec.process = self._ctx.Process(target=_child, name=spec.name, daemon=False,
+                                         args=(spec.target, spec.args, spec.name, level, dict(os.environ), os.getcwd()))
         spec.process.start()
         spec.started = time.monotonic()
         spec.restart_at = None

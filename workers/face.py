@@ -47,4 +47,5 @@ class FaceWorker(ScoringWorker):
 
 
 def run(args: argparse.Namespace) -> int:
+    cv2.setNumThreads(1)  # a crop decodes in well under a millisecond: a thread pool only spins
     return run_worker(args, FaceWorker, "face_worker", "face")

@@ -74,7 +74,8 @@ def ingest_fps(source: str, frames: int, config: str | None) -> float:
     settings = load_settings(config)
     settings.prefix = f"bench-{uuid.uuid4().hex[:8]}"
     camera = CameraSettings(id="bench", source=source, max_fps=settings.ingest.max_fps, detect=settings.ingest.detect,
-                            crop=settings.ingest.crop, crop_every=settings.ingest.crop_every)
+                            crop=settings.ingest.crop, crop_every=settings.ingest.crop_every,
+                            eye_every=settings.ingest.eye_every)
     service = IngestService(settings, camera, fast=True, loop=True, max_frames=frames, stop=threading.Event())
     client = connect(settings.redis)
     try:

@@ -233,12 +233,14 @@ class IngestService:
         state.eyes.add(media_ts, face.left, face.right)
         now = time.time()
         box = tuple(int(v) for v in face.box)
-        window = state.eyes.window()
-        out: list[FaceCrop | EyeSample] = [EyeSample(
-            cam, track.id, frame.index, frame.capture_ts, now, box, face.left, face.right,  # type: ignore[arg-type]
-            state.eyes.open_level, window, state.eyes.rate_hz if window else None, self.camera.label,
-        )]
+        out: list[FaceCrop | EyeSample] = []
         state.frames += 1
+        if (state.frames - 1) % self.camera.eye_every == 0:  # type: ignore[operator]
+            window = state.eyes.window()
+            out.append(EyeSample(
+                cam, track.id, frame.index, frame.capture_ts, now, box, face.left, face.right,  # type: ignore[arg-type]
+                state.eyes.open_level, window, state.eyes.rate_hz if window else None, self.camera.label,
+            ))
         if (state.frames - 1) % self.camera.crop_every == 0:  # type: ignore[operator]
             if self._shedding:
                 metrics.FRAMES_SHED.labels(cam).inc()

@@ -66,6 +66,9 @@ class DetectSettings(Section):
 class CameraDefaults(Section):
     max_fps: float = Field(10.0, gt=0, le=120, description="Frames per second processed at most (eye windows are 10 Hz)")
     crop_every: int = Field(2, ge=1, description="Publish every k-th crop of a track")
+    eye_every: int = Field(3, ge=1, description=(
+        "Publish every k-th eye window of a track: each spans one second, so at 10 fps every blink "
+        "still falls whole in a window, and the eye workers and fusion do a third of the work"))
     nice: int = Field(5, ge=0, le=19, description=(
         "Scheduling niceness of camera processes: on a shared machine the workers and fusion, "
         "which drain the queues, come first, so overload skips frames at the source instead of "
@@ -80,6 +83,7 @@ class CameraSettings(Section):
     label: Literal["live", "spoof"] | None = Field(None, description="Ground truth, for evaluation cameras")
     max_fps: float | None = Field(None, gt=0, le=120)
     crop_every: int | None = Field(None, ge=1)
+    eye_every: int | None = Field(None, ge=1)
     detect: DetectSettings | None = None
     crop: CropSettings | None = None
     open_timeout_s: float = Field(10.0, gt=0, description="Time to open the source")
@@ -143,6 +147,7 @@ class Settings(Section):
             seen.add(cam.id)
             cam.max_fps = cam.max_fps or self.ingest.max_fps
             cam.crop_every = cam.crop_every or self.ingest.crop_every
+            cam.eye_every = cam.eye_every or self.ingest.eye_every
             cam.detect = cam.detect or self.ingest.detect.model_copy()
             cam.crop = cam.crop or self.ingest.crop.model_copy()
         return self

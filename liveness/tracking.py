@@ -17,7 +17,11 @@ MIN_IOU = 0.3
 """Overlap with a detection below which a track counts as lost."""
 
 MAX_MISSES = 2
-"""Detection rounds a track may miss before it ends (absorbs a single missed detection)."""
+"""Detection rounds a track may miss before it ends (absorbs a single missed detection).
+
+No grace in a round that found a face no track explains: the track has lost its face (a
+fast move, a cut), and the new face gets a new track. Keeping the lost one would follow
+the background for two rounds, doubling the landmark work and sending crops of nothing."""
 
 
 def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
@@ -82,13 +86,17 @@ class FaceTracker:
         boxes = self.pipeline.detect(grey)
         unmatched = list(boxes)
         kept: list[Track] = []
+        missed: list[Track] = []
         for track in sorted(tracks, key=lambda t: -t.frames):
             best = max(unmatched, key=lambda b: iou(b, _follow_box(track.face)), default=None)
             if best is not None and iou(best, _follow_box(track.face)) >= MIN_IOU:
                 unmatched.remove(best)  # confirmed: its landmarks of this frame stand
                 track.misses = 0
                 kept.append(track)
-            elif track.misses < MAX_MISSES:
+            else:
+                missed.append(track)
+        for track in missed:
+            if track.misses < MAX_MISSES and not unmatched:
                 track.misses += 1
                 kept.append(track)
             else:

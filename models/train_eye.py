@@ -74,7 +74,7 @@ class Windows:
 
 
 def track_windows(track: EyeTrack, rate_hz: float = WINDOW_RATE_HZ) -> np.ndarray:
-    """Rows ``(n, 21)`` of one track, one per frame once the window is full, as ingest publishes them."""
+    """Rows ``(n, 21)`` of one track, one per frame once the window is full (ingest publishes every ``eye_every``-th)."""
     hist = EyeHistory(rate_hz=rate_hz)
     rows = []
     for ts, left, right in zip(track.ts, track.left, track.right):

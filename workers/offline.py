@@ -105,7 +105,7 @@ class OfflineAnalyzer:
                 hist = histories.setdefault(track.id, EyeHistory())
                 hist.add(ts, track.face.left, track.face.right)
                 ev = events.setdefault(track.id, [])
-                window = hist.window()
+                window = hist.window() if (res.frames - 1) % self.camera.eye_every == 0 else None
                 if window is not None:
                     try:
                         ev.append(_Event(ts, processed, "eye", eye_input(window, hist.open_level)))

@@ -57,3 +57,21 @@ def test_one_face_keeps_one_track_and_eyes_move() -> None:
     assert np.std(ratios) > 0.005
     window = history.window()
     assert window is not None and len(window) == 10
+
+
+def test_a_cut_ends_the_lost_track_instead_of_following_the_background() -> None:
+    """Two people in turn, the second elsewhere in the frame: one track each, never both at once."""
+    tracker = FaceTracker(FacePipeline())
+    first = [cv2.imread(str(p)) for p in nuaa_sequence("ClientRaw/0001_00_00_01")[:30]]
+    shift = np.float32([[1, 0, -200], [0, 1, 0]])  # NUAA faces sit mid-frame: move the second one left
+    second = [cv2.warpAffine(cv2.imread(str(p)), shift, (640, 480), borderMode=cv2.BORDER_REPLICATE)
+              for p in nuaa_sequence("ClientRaw/0005_00_00_01")[:30]]
+    per_frame = []
+    ids: list[str] = []
+    for i, image in enumerate(first + second):
+        tracks = tracker.update(image, i)
+        per_frame.append(len(tracks))
+        ids += [t.id for t in tracks if t.id not in ids]
+    assert max(per_frame) == 1, f"the first person's track outlived the cut: tracks per frame {per_frame}"
+    assert len(ids) == 2
+    assert sum(1 for n in per_frame[30:] if n == 0) <= 8, "the second person is found by the next detection round"

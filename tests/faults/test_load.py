@@ -50,7 +50,7 @@ def test_slow_consumers_keep_streams_bounded_and_ingest_sheds(rtsp: RtspServer, 
     cfg.write_text(yaml.safe_dump({
         "prefix": prefix, "redis": {"url": REDIS_URL}, "metrics": {"port": port, "host": "127.0.0.1"},
         "streams": {"maxlen": 300, "max_face_lag": 40},
-        "ingest": {"crop_every": 1},
+        "ingest": {"crop_every": 1, "eye_every": 1},  # every frame to both streams: bounds are reached fast
         "cameras": [{"id": "busy", "source": rtsp.url("live")}],
     }))
     proc = subprocess.Popen(liveness_cmd("ingest", "--config", str(cfg)), stdout=subprocess.PIPE,
@@ -99,7 +99,8 @@ def test_camera_that_never_comes_back_leaves_the_others_alone(rtsp: RtspServer, 
         time.sleep(6)
         recent = cameras_seen(40)
         assert recent == {"steady"}, recent
-        assert r.xlen(keys.stream(EyeSample)) > before + 30, "the steady camera carried on at its rate"
+        # 6 s at 10 fps, an eye sample every 3rd frame: 20 expected
+        assert r.xlen(keys.stream(EyeSample)) > before + 10, "the steady camera carried on at its rate"
         assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGTERM)

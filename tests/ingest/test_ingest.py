@@ -72,6 +72,8 @@ def test_rtsp_camera_publishes_crops_and_eye_windows(rtsp: RtspServer, r: redis.
     assert any(e.window is not None and len(e.window) == 10 for e in eyes)
     frames = [e.frame for e in eyes]
     assert frames == sorted(frames)
+    gaps = np.diff(frames)
+    assert gaps.min() >= 3 and np.median(gaps) == 3, "an eye sample every eye_every (3) processed frames"
     assert all(abs(e.capture_ts - time.time()) < 120 for e in eyes)
     img = cv2.imdecode(np.frombuffer(crops[0].jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert img.shape == (112, 112, 3)

@@ -45,7 +45,7 @@ def test_eye_per_window(folders: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert main(["evaluate", "--model", "eye", "--dataset", "folders", "--root", str(folders), "--json"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # the windows ingest publishes: one every eye_every (3) frames of the longest track
-    assert report["unit"] == "window" and report["n_live"] > 30 and report["n_spoof"] > 30
+    assert report["unit"] == "window" and report["n_live"] > 30 and report["n_spoof"] > 15
     assert 0.0 <= report["auc"] <= 1.0
 
 

@@ -26,7 +26,7 @@ from liveness.eyes import EyeHistory
 from liveness.face import FacePipeline, crop_jpeg
 from liveness.lifecycle import stop_on_signals
 from liveness.metrics import serve
-from liveness.pacing import FramePacer
+from liveness.pacing import FramePacer, sends
 from liveness.redisconn import connect, wait_until_up
 from liveness.supervisor import ProcessSpec, Supervisor
 from liveness.tracking import FaceTracker, Track
@@ -235,13 +235,13 @@ class IngestService:
         box = tuple(int(v) for v in face.box)
         out: list[FaceCrop | EyeSample] = []
         state.frames += 1
-        if (state.frames - 1) % self.camera.eye_every == 0:  # type: ignore[operator]
+        if sends(state.frames, self.camera.eye_every):  # type: ignore[arg-type]
             window = state.eyes.window()
             out.append(EyeSample(
                 cam, track.id, frame.index, frame.capture_ts, now, box, face.left, face.right,  # type: ignore[arg-type]
                 state.eyes.open_level, window, state.eyes.rate_hz if window else None, self.camera.label,
             ))
-        if (state.frames - 1) % self.camera.crop_every == 0:  # type: ignore[operator]
+        if sends(state.frames, self.camera.crop_every):  # type: ignore[arg-type]
             if self._shedding:
                 metrics.FRAMES_SHED.labels(cam).inc()
             else:

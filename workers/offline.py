@@ -18,7 +18,7 @@ from liveness.errors import PoisonMessageError
 from liveness.evidence import Policy, TrackEvidence
 from liveness.eyes import EyeHistory, eye_input
 from liveness.face import FacePipeline, crop_jpeg
-from liveness.pacing import FramePacer
+from liveness.pacing import FramePacer, sends
 from liveness.tracking import FaceTracker
 from workers.face import decode_crop
 from workers.runners import OnnxModel
@@ -105,13 +105,13 @@ class OfflineAnalyzer:
                 hist = histories.setdefault(track.id, EyeHistory())
                 hist.add(ts, track.face.left, track.face.right)
                 ev = events.setdefault(track.id, [])
-                window = hist.window() if (res.frames - 1) % self.camera.eye_every == 0 else None
+                window = hist.window() if sends(res.frames, self.camera.eye_every) else None
                 if window is not None:
                     try:
                         ev.append(_Event(ts, processed, "eye", eye_input(window, hist.open_level)))
                     except PoisonMessageError:
                         pass  # as the eye worker: an unscorable window is not evidence
-                if (res.frames - 1) % self.camera.crop_every == 0:
+                if sends(res.frames, self.camera.crop_every):
                     jpeg = crop_jpeg(image, track.face.landmarks, self.camera.crop)
                     if jpeg is not None:  # the workers see the crop after JPEG, so offline does too
                         ev.append(_Event(ts, processed, "face", decode_crop(jpeg, size)))

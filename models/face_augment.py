@@ -24,6 +24,8 @@ class AugmentConfig:
     """Fraction of live crops in a batch turned into synthetic print/screen attacks."""
     erase: float = 0.0
     """Probability of blanking a random rectangle, so no single region (the room) decides."""
+    fourier: float = 0.0
+    """Weight of the auxiliary Fourier-spectrum loss (``face_net.FourierHead``); 0 = off."""
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -37,6 +37,9 @@ class NetConfig:
     """Add a grey difference-of-Gaussians channel, standardised per crop (print texture)."""
     widths: tuple[int, ...] = (16, 24, 32, 64)
     dropout: float = 0.2
+    mixstyle: float = 0.0
+    """Training only: probability of mixing feature statistics between crops after the stem and
+    the first block (``MixStyle``); 0 = off. The exported graph is the same either way."""
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -117,6 +120,28 @@ class Block(nn.Module):
         return F.relu(self.b2(self.c2(y)) + self.short(x))
 
 
+class MixStyle(nn.Module):
+    """Training only: give each crop another crop's channel statistics, partly (Zhou et al., ICLR 2021).
+
+    Why: a room's light and a camera's colour live in the early feature maps' means and spreads;
+    mixing them between crops leaves the rest of the map (texture, edges) to decide.
+    """
+
+    def __init__(self, p: float, alpha: float = 0.1) -> None:
+        super().__init__()
+        self.p, self.alpha = p, alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p <= 0 or float(torch.rand(1)) > self.p:
+            return x
+        n = x.shape[0]
+        mu = x.mean(dim=(2, 3), keepdim=True).detach()
+        sig = (x.var(dim=(2, 3), keepdim=True) + 1e-6).sqrt().detach()
+        lam = torch.distributions.Beta(self.alpha, self.alpha).sample((n, 1, 1, 1))
+        perm = torch.randperm(n)
+        return (x - mu) / sig * (lam * sig + (1 - lam) * sig[perm]) + lam * mu + (1 - lam) * mu[perm]
+
+
 class FaceNet(nn.Module):
     """Spoof logit of a 112x112 crop: a stride-2 stem, then one block per width, each stride 2."""
 
@@ -128,12 +153,50 @@ class FaceNet(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(self.pre.channels, w[0], 3, 2, 1, bias=False), nn.BatchNorm2d(w[0]),
                                   nn.ReLU())
         self.blocks = nn.Sequential(*[Block(a, b, 2) for a, b in zip(w[:-1], w[1:])])
+        self.mix = MixStyle(cfg.mixstyle)
         self.drop = nn.Dropout(cfg.dropout)
         self.fc = nn.Linear(w[-1], 1)
 
+    def forward_with_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logit and the second block's feature map (14x14, for the auxiliary Fourier target)."""
+        y = self.mix(self.stem(self.pre(x)))
+        mid = y
+        for i, block in enumerate(self.blocks):
+            y = block(y)
+            if i == 0:
+                y = self.mix(y)
+            if i == 1:
+                mid = y
+        return self.fc(self.drop(y.mean(dim=(2, 3)))).squeeze(1), mid
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.blocks(self.stem(self.pre(x)))
-        return self.fc(self.drop(y.mean(dim=(2, 3)))).squeeze(1)
+        return self.forward_with_map(x)[0]
+
+
+class FourierHead(nn.Module):
+    """Training only: predicts a crop's log Fourier spectrum from a feature map (as MiniFASNet does).
+
+    Why: a reproduction's spectrum differs from a live face's whatever the light (print dots,
+    lost high frequencies), so asking the trunk to carry the spectrum steers it to texture.
+    """
+
+    def __init__(self, channels: int, side: int = 14) -> None:
+        super().__init__()
+        self.side = side
+        self.net = nn.Sequential(nn.Conv2d(channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                                 nn.Conv2d(16, 1, 1))
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return self.net(feature_map).squeeze(1)
+
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        """fftshift(log(1 + |FFT(grey)|)), min-max scaled per crop, pooled to ``side`` x ``side``."""
+        grey = x.mean(dim=1)
+        spec = torch.log1p(torch.fft.fftshift(torch.fft.fft2(grey).abs(), dim=(-2, -1)))
+        lo = spec.amin(dim=(1, 2), keepdim=True)
+        hi = spec.amax(dim=(1, 2), keepdim=True)
+        spec = (spec - lo) / (hi - lo + 1e-6)
+        return F.adaptive_avg_pool2d(spec[:, None], self.side).squeeze(1)
 
 
 class Ensemble(nn.Module):

@@ -112,12 +112,14 @@ def train_one(train: FaceCrops, val: FaceCrops | None, net_cfg, aug_cfg, seed: i
     """
     torch = _torch()
     from models.face_augment import augment
-    from models.face_net import FaceNet, to_input
+    from models.face_net import FaceNet, FourierHead, to_input
 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     model = FaceNet(net_cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
+    fourier = FourierHead(net_cfg.widths[2]) if aug_cfg.fourier > 0 else None
+    params = list(model.parameters()) + (list(fourier.parameters()) if fourier else [])
+    opt = torch.optim.AdamW(params, lr=3e-3, weight_decay=5e-4)
     steps = epochs * max(1, -(-len(train.labels) // batch))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.15)
     x_all = torch.from_numpy(to_input(train.crops))
@@ -133,7 +135,11 @@ def train_one(train: FaceCrops, val: FaceCrops | None, net_cfg, aug_cfg, seed: i
             if len(idx) < 2:
                 continue
             x, y = augment(x_all[idx], y_all[idx], aug_cfg, g)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+            logit, mid = model.forward_with_map(x)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, y)
+            if fourier is not None:
+                fourier.train()
+                loss = loss + aug_cfg.fourier * torch.nn.functional.mse_loss(fourier(mid), fourier.target(x))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -248,8 +254,9 @@ def run(args: argparse.Namespace) -> int:
         raise LivenessError("cross-session training needs at least two sessions (or two sequences)")
     if args.val_session and args.val_session not in names:
         raise LivenessError(f"--val-session {args.val_session!r} not in the data (sessions: {', '.join(names)})")
-    net_cfg = NetConfig(norm=args.norm, dog=not args.no_dog)
-    aug_cfg = AugmentConfig(photometric=not args.no_photometric, synthetic=args.synthetic, erase=args.erase)
+    net_cfg = NetConfig(norm=args.norm, dog=not args.no_dog, mixstyle=args.mixstyle)
+    aug_cfg = AugmentConfig(photometric=not args.no_photometric, synthetic=args.synthetic, erase=args.erase,
+                            fourier=args.fourier)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
     vals = [args.val_session] if args.val_session else names
     results: list[FoldResult] = []

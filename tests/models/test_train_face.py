@@ -42,3 +42,29 @@ def test_onnx_agrees_with_torch_on_real_crops(tmp_path: Path) -> None:
     export_onnx(model, out, 0.5, {}, data.crops[:4])
     crops = data.crops[::4]
     np.testing.assert_allclose(OnnxModel(out).predict(crops), predict(model, crops), atol=1e-5)
+
+
+def test_mixstyle_and_fourier_head_train_but_leave_the_export_deterministic(tmp_path: Path) -> None:
+    """Both are training-only: MixStyle mixes statistics in train mode and is the identity in eval
+    mode; the Fourier head is not part of the exported model."""
+    from models.face_augment import AugmentConfig
+    from models.face_data import face_crops
+    from models.face_net import FourierHead, MixStyle, NetConfig
+    from models.train_face import export_onnx, predict, train_one
+
+    x = torch.randn(8, 4, 14, 14) * 3 + torch.arange(8.0).view(8, 1, 1, 1)
+    torch.manual_seed(0)
+    assert not torch.allclose(MixStyle(1.0).train()(x), x)
+    assert MixStyle(1.0).eval()(x) is x
+    target = FourierHead(32).target(torch.rand(3, 3, 112, 112) * 255)
+    assert target.shape == (3, 14, 14) and float(target.min()) >= 0.0 and float(target.max()) <= 1.0
+
+    data = face_crops("nuaa", NUAA, "all", limit=300)
+    data = data.subset(data.has_face)
+    model, _, history = train_one(data, None, NetConfig(mixstyle=1.0), AugmentConfig(fourier=1.0), seed=0, epochs=1)
+    assert np.isfinite(history[0]["loss"])
+    out = tmp_path / "face.onnx"
+    export_onnx(model, out, 0.5, {}, data.crops[:4])
+    crops = data.crops[::4]
+    np.testing.assert_allclose(OnnxModel(out).predict(crops), predict(model, crops), atol=1e-5)
+    np.testing.assert_array_equal(predict(model, crops), predict(model, crops))

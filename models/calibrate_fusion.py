@@ -9,7 +9,8 @@ the fewest live faces rejected, then the quickest decision for live faces.
 Policies are searched for calibrated cameras (``evaluate --calibrate subjects``: half of a
 session's subjects calibrate, the other half is scored, both ways); the neutral point of
 uncalibrated cameras (``face_threshold``) is then chosen with everything else fixed, and both
-are reported across sessions.
+are reported across sessions. Uncalibrated cameras get the strictest of the neutral points that
+the sessions and their pool chose, since a room's choice does not carry to another room.
 
 Fold models (``DIR/face_trNN.onnx``, ``DIR/eye_trNN.onnx``: trained on session NN) come from
 ``liveness train face --val-session MM`` and ``liveness train eye --train-session NN``.
@@ -52,23 +53,32 @@ def _cost(out: dict[str, Any]) -> tuple[float, float, float]:
 
 
 def _best(results: list[SequenceResult], policies: list[Policy],
-          baselines: list[float | None] | None) -> tuple[Policy, dict[str, Any]]:
+          baselines: list[float | None] | None) -> tuple[Policy, dict[str, Any], list[Policy]]:
+    """The first policy of the lowest cost, its report, and every policy tied with it.
+
+    Why the ties: one NUAA session has 18-43 sequences, so hundreds of policies often make the
+    same errors; which of them is "best" is then the grid's order, not the data.
+    """
     best: tuple[tuple[float, float, float], Policy, dict[str, Any]] | None = None
+    tied: list[Policy] = []
     for policy in policies:
         out = report(results, policy, baselines=baselines)[0]
         cost = _cost(out)
         if best is None or cost < best[0]:
-            best = (cost, policy, out)
+            best, tied = (cost, policy, out), [policy]
+        elif cost == best[0]:
+            tied.append(policy)
     assert best is not None
-    return best[1], best[2]
+    return best[1], best[2], tied
 
 
 def _report(results: list[SequenceResult], policy: Policy, calibrated: bool) -> dict[str, Any]:
     return report(results, policy, baselines=subject_half_baselines(results, policy) if calibrated else None)[0]
 
 
-def choose(results: list[SequenceResult]) -> tuple[Policy, dict[str, Any]]:
-    """The best calibrated policy of the grid on ``results`` (scores are replayed, not recomputed)."""
+def choose(results: list[SequenceResult]) -> tuple[Policy, dict[str, Any], list[Policy]]:
+    """The best calibrated policy of the grid on ``results`` (scores are replayed, not recomputed),
+    its report, and the policies tied with it."""
     keys = list(GRID)
     grid = [Policy(**dict(zip(keys, values))) for values in itertools.product(*(GRID[k] for k in keys))]
     return _best(results, grid, subject_half_baselines(results, grid[0]))
@@ -77,7 +87,15 @@ def choose(results: list[SequenceResult]) -> tuple[Policy, dict[str, Any]]:
 def choose_uncalibrated(results: list[SequenceResult], policy: Policy) -> tuple[Policy, dict[str, Any]]:
     """``policy`` with the best neutral point for cameras nobody calibrated."""
     grid = [policy.model_copy(update={"face_threshold": t}) for t in FACE_THRESHOLDS]
-    return _best(results, grid, None)
+    return _best(results, grid, None)[:2]
+
+
+def _over_tied(results: list[SequenceResult], tied: list[Policy]) -> dict[str, float]:
+    """ACER on ``results`` of every policy tied best on the selection set: a figure that does not
+    depend on which of them the grid happened to list first."""
+    acers = [_report(results, p, calibrated=True)["acer"] for p in tied]
+    return {"policies": len(tied), "acer_mean": statistics.fmean(acers), "acer_min": min(acers),
+            "acer_max": max(acers), "error_free_share": sum(a == 0.0 for a in acers) / len(acers)}
 
 
 def _brief(out: dict[str, Any]) -> dict[str, Any]:
@@ -104,18 +122,26 @@ def run(args: argparse.Namespace) -> int:
         scored[test] = analyze(seqs, str(face), str(eye), Policy(), workers=args.workers)
     folds = {}
     for chosen_on, reported_on in (("01", "02"), ("02", "01")):
-        policy, on_selection = choose(scored[chosen_on])
+        policy, on_selection, tied = choose(scored[chosen_on])
         policy, on_selection_uncal = choose_uncalibrated(scored[chosen_on], policy)
         folds[f"chosen_on_{chosen_on}_reported_on_{reported_on}"] = {
             "policy": policy.model_dump(), "selection": _brief(on_selection),
             "reported": _brief(_report(scored[reported_on], policy, calibrated=True)),
+            "reported_over_tied": _over_tied(scored[reported_on], tied),
             "selection_uncalibrated": _brief(on_selection_uncal),
             "reported_uncalibrated": _brief(_report(scored[reported_on], policy, calibrated=False))}
     pooled_results = scored["01"] + scored["02"]
-    final, pooled = choose(pooled_results)
-    final, pooled_uncal = choose_uncalibrated(pooled_results, final)
+    final, pooled, _ = choose(pooled_results)
+    final, _ = choose_uncalibrated(pooled_results, final)
+    # an uncalibrated camera is a room nobody measured: ship the strictest neutral point any
+    # selection set chose (one room's choice accepts attacks in another, see fusion.md)
+    strictest = min([final.face_threshold] + [f["policy"]["face_threshold"] for f in folds.values()])
+    final = final.model_copy(update={"face_threshold": strictest})
+    pooled_uncal = _report(pooled_results, final, calibrated=False)
     result = {"cross_session": folds, "cross_session_mean": _mean(folds, "reported"),
               "cross_session_mean_uncalibrated": _mean(folds, "reported_uncalibrated"),
+              "cross_session_mean_over_tied": statistics.fmean(f["reported_over_tied"]["acer_mean"]
+                                                               for f in folds.values()),
               "shipped_policy": final.model_dump(), "shipped_policy_on_pooled_out_of_sample": _brief(pooled),
               "shipped_policy_on_pooled_out_of_sample_uncalibrated": _brief(pooled_uncal), "sessions": sessions}
     Path(args.out).write_text(json.dumps(final.model_dump(), indent=2) + "\n")

@@ -138,7 +138,6 @@ def train_one(train: FaceCrops, val: FaceCrops | None, net_cfg, aug_cfg, seed: i
             logit, mid = model.forward_with_map(x)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, y)
             if fourier is not None:
-                fourier.train()
                 loss = loss + aug_cfg.fourier * torch.nn.functional.mse_loss(fourier(mid), fourier.target(x))
             opt.zero_grad()
             loss.backward()

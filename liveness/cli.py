@@ -133,6 +133,8 @@ def _train_face(p: argparse.ArgumentParser) -> None:
     p.add_argument("--erase", type=float, default=0.0, help="probability of erasing a random rectangle")
     p.add_argument("--mixstyle", type=float, default=0.0, help="probability of mixing feature statistics (MixStyle)")
     p.add_argument("--fourier", type=float, default=0.0, help="weight of the auxiliary Fourier-spectrum loss")
+    p.add_argument("--keep-unpaired", action="store_true",
+                   help="also train on people seen only live or only as attacks (identity becomes a cue)")
     p.add_argument("--crop-scale", type=float, default=2.0, help="crop side / face size (run time: ingest.crop.scale)")
     p.add_argument("--members", type=int, default=1, help="networks averaged in one model (seed ensemble)")
     p.add_argument("--no-export", action="store_true", help="figures only (experiments)")

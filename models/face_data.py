@@ -54,6 +54,16 @@ class FaceCrops:
                          self.sequence[idx], self.names, self.sessions[idx], self.subjects[idx],
                          [self.paths[i] for i in idx])
 
+    def paired_subjects(self) -> np.ndarray:
+        """True for crops whose person is here both live and as an attack (or is unknown).
+
+        Why: a person seen only as a photo (NUAA's 0008 in session 01) teaches a network
+        that this face means "attack", and that person's live face is then rejected.
+        """
+        live = set(self.subjects[self.labels == 0].tolist())
+        spoof = set(self.subjects[self.labels == 1].tolist())
+        return np.array([s == "" or (s in live and s in spoof) for s in self.subjects.tolist()], dtype=bool)
+
 
 def jpeg_roundtrip(crop: np.ndarray, quality: int) -> np.ndarray:
     """Encode and decode as ingest and the worker do, so JPEG artefacts match run time."""

@@ -228,6 +228,18 @@ def export_onnx(model, path: Path, threshold: float, meta: dict[str, str], check
     return diff
 
 
+def _paired(data: FaceCrops, keep_unpaired: bool) -> FaceCrops:
+    """The training crops without people seen only live or only as attacks (unless kept)."""
+    if keep_unpaired:
+        return data
+    mask = data.paired_subjects()
+    if not mask.all():
+        dropped = sorted(set(data.subjects[~mask].tolist()))
+        log.info("train face: %d crops of %s left out (seen with one label only)", int((~mask).sum()),
+                 ", ".join(dropped))
+    return data.subset(mask)
+
+
 def _summary(results: list[FoldResult]) -> dict[str, dict[str, float]]:
     """Mean and spread (population std, min, max) of each figure over every fold and seed."""
     figs = [r.figures() for r in results]
@@ -263,6 +275,7 @@ def run(args: argparse.Namespace) -> int:
     for seed in seeds:
         for val_name in vals:
             tr, va = data.subset(groups != val_name), data.subset(groups == val_name)
+            tr = _paired(tr, args.keep_unpaired)
             cal_mask = calibration_split(va)
             cal, test = va.subset(cal_mask), va.subset(~cal_mask)
             model, best_epoch, history = train_members(tr, cal, net_cfg, aug_cfg, seed, args.epochs, args.members,
@@ -276,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
                 shipped = model
     summary = _summary(results)
     report = {"crop_scale": crop.scale, "net": net_cfg.to_dict(), "members": args.members,
+              "paired_subjects": not args.keep_unpaired,
               "augment": aug_cfg.to_dict(), "seeds": seeds, "epochs": args.epochs,
               "folds": [{"train": r.train, "val": r.val, "seed": r.seed, "best_epoch": r.best_epoch, **r.figures()}
                         for r in results], "summary": summary}
@@ -285,14 +299,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_export:
         if shipped is None:
             epochs = int(statistics.median(r.best_epoch for r in mine))
-            shipped, _, _ = train_members(data, None, net_cfg, aug_cfg, args.seed, epochs, args.members,
+            final = _paired(data, args.keep_unpaired)
+            shipped, _, _ = train_members(final, None, net_cfg, aug_cfg, args.seed, epochs, args.members,
                                           desc="final, all sessions")
         rng = np.random.default_rng(args.seed)
         check = data.crops[rng.choice(len(data.labels), size=min(16, len(data.labels)), replace=False)]
         meta = {"liveness.net": json.dumps({**net_cfg.to_dict(), "members": args.members}),
                 "liveness.augment": json.dumps(aug_cfg.to_dict()),
                 "liveness.trained_on": f"{args.dataset} sessions {'+'.join(names)}",
-                "liveness.seed": str(args.seed)}
+                "liveness.seed": str(args.seed), "liveness.paired_subjects": str(not args.keep_unpaired).lower()}
         name = MODEL_NAME if args.members == 1 else f"{MODEL_NAME}-x{args.members}"
         diff = export_onnx(shipped, Path(args.out), threshold, meta, check, crop.scale, name)
         report.update(out=args.out, threshold=threshold, onnx_max_diff=diff)

@@ -68,3 +68,19 @@ def test_mixstyle_and_fourier_head_train_but_leave_the_export_deterministic(tmp_
     crops = data.crops[::4]
     np.testing.assert_allclose(OnnxModel(out).predict(crops), predict(model, crops), atol=1e-5)
     np.testing.assert_array_equal(predict(model, crops), predict(model, crops))
+
+
+def test_people_seen_with_one_label_only_are_left_out_of_training() -> None:
+    """NUAA's 0008 is only a photo in session 01: trained on, the network learns that face = attack."""
+    from models.face_data import FaceCrops
+    from models.train_face import _paired
+
+    n = 6
+    subjects = np.array(["0001", "0001", "0008", "0008", "", "0002"])
+    data = FaceCrops(np.zeros((n, 112, 112, 3), np.uint8), np.ones(n, bool), np.zeros((n, 68, 2), np.float32),
+                     np.array([0, 1, 1, 1, 0, 0]), np.arange(n), [f"s{i}" for i in range(n)], np.full(n, "01"),
+                     subjects, [f"f{i}.jpg" for i in range(n)])
+    assert data.paired_subjects().tolist() == [True, True, False, False, True, False]
+    kept = _paired(data, keep_unpaired=False)
+    assert kept.subjects.tolist() == ["0001", "0001", ""] and kept.labels.tolist() == [0, 1, 0]
+    assert _paired(data, keep_unpaired=True) is data

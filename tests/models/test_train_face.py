@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ def test_train_face_cli_exports_a_loadable_model(tmp_path: Path) -> None:
     model = OnnxModel(out)
     assert model.name.endswith("-x2") and model.version and 0.0 < model.threshold < 1.0
     assert "112" in model.metadata["liveness.input"]
+    assert model.metadata["liveness.paired_subjects"] == "true" and json.loads(report.read_text())["paired_subjects"]
     scores = model.predict(np.random.default_rng(0).integers(0, 256, (5, 112, 112, 3), dtype=np.uint8))
     assert scores.shape == (5,) and ((scores >= 0) & (scores <= 1)).all()
 

@@ -237,7 +237,11 @@ def _paired(data: FaceCrops, keep_unpaired: bool) -> FaceCrops:
         dropped = sorted(set(data.subjects[~mask].tolist()))
         log.info("train face: %d crops of %s left out (seen with one label only)", int((~mask).sum()),
                  ", ".join(dropped))
-    return data.subset(mask)
+    kept = data.subset(mask)
+    if len(set(kept.labels.tolist())) < 2:
+        raise LivenessError("train face: no person in the training data is seen both live and as an attack "
+                            "(folders: name entries <subject>__…); pass --keep-unpaired to train on them anyway")
+    return kept
 
 
 def _summary(results: list[FoldResult]) -> dict[str, dict[str, float]]:

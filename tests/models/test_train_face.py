@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from liveness.cli import main
+from liveness.errors import LivenessError
 from tests.conftest import NUAA
 from workers.runners import OnnxModel
 
@@ -86,3 +87,6 @@ def test_people_seen_with_one_label_only_are_left_out_of_training() -> None:
     kept = _paired(data, keep_unpaired=False)
     assert kept.subjects.tolist() == ["0001", "0001", ""] and kept.labels.tolist() == [0, 1, 0]
     assert _paired(data, keep_unpaired=True) is data
+    strangers = data.subset(np.array([False, False, True, True, False, True]))
+    with pytest.raises(LivenessError, match="--keep-unpaired"):
+        _paired(strangers, keep_unpaired=False)

@@ -135,6 +135,8 @@ def _train_face(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fourier", type=float, default=0.0, help="weight of the auxiliary Fourier-spectrum loss")
     p.add_argument("--keep-unpaired", action="store_true",
                    help="also train on people seen only live or only as attacks (identity becomes a cue)")
+    p.add_argument("--unseen-people", action="store_true",
+                   help="a fold also leaves out of training the people it reports on (unseen session and people)")
     p.add_argument("--crop-scale", type=float, default=2.0, help="crop side / face size (run time: ingest.crop.scale)")
     p.add_argument("--members", type=int, default=1, help="networks averaged in one model (seed ensemble)")
     p.add_argument("--no-export", action="store_true", help="figures only (experiments)")
@@ -156,6 +158,7 @@ def _train_quality(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", required=True, help="dataset root")
     p.add_argument("--split", default="all", help="nuaa: train, all, session-01, ...; folders: a subfolder")
     p.add_argument("--train-session", help="nuaa: fit on this capture session only (a fold model)")
+    p.add_argument("--leave-out", default="", metavar="S1,S2", help="subjects not to fit on (a fold's test half)")
     p.add_argument("--base", default="models/artifacts/face.onnx", help="face model without a quality branch")
     p.add_argument("--out", default="models/artifacts/face.onnx", help="ONNX file to write")
     p.add_argument("--limit", type=int, default=None, help="use at most N crops (smoke runs)")

@@ -176,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
     data = data.subset(data.has_face)
     if args.train_session:
         data = data.subset(data.sessions == args.train_session)
+    if args.leave_out:
+        data = data.subset(~np.isin(data.subjects, args.leave_out.split(",")))
     if not len(data.labels):
         raise LivenessError(f"train quality: no face crops in {args.root} (split {args.split}, "
                             f"session {args.train_session})")
@@ -184,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
     merged = add_branch(base, quality_onnx(mean, scale, coef, intercept))
     props = {p.key: p.value for p in merged.metadata_props}
     name = props.get("liveness.name", "face") + "+quality"
-    trained = f"{args.dataset} {args.split}" + (f" session {args.train_session}" if args.train_session else "")
+    trained = (f"{args.dataset} {args.split}" + (f" session {args.train_session}" if args.train_session else "")
+               + (f" without {args.leave_out}" if args.leave_out else ""))
     for p in merged.metadata_props:
         if p.key == "liveness.name":
             p.value = name

@@ -279,9 +279,12 @@ def run(args: argparse.Namespace) -> int:
     for seed in seeds:
         for val_name in vals:
             tr, va = data.subset(groups != val_name), data.subset(groups == val_name)
-            tr = _paired(tr, args.keep_unpaired)
             cal_mask = calibration_split(va)
             cal, test = va.subset(cal_mask), va.subset(~cal_mask)
+            if args.unseen_people:
+                tr = tr.subset(~np.isin(tr.subjects, sorted(set(test.subjects.tolist()) - {""})))
+                log.info("train face: fold %s trains on %s", val_name, ", ".join(sorted(set(tr.subjects.tolist()))))
+            tr = _paired(tr, args.keep_unpaired)
             model, best_epoch, history = train_members(tr, cal, net_cfg, aug_cfg, seed, args.epochs, args.members,
                                                        desc=f"seed {seed} val {val_name}")
             cal_scores = predict(model, cal.crops)
@@ -293,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
                 shipped = model
     summary = _summary(results)
     report = {"crop_scale": crop.scale, "net": net_cfg.to_dict(), "members": args.members,
-              "paired_subjects": not args.keep_unpaired,
+              "paired_subjects": not args.keep_unpaired, "unseen_people": args.unseen_people,
               "augment": aug_cfg.to_dict(), "seeds": seeds, "epochs": args.epochs,
               "folds": [{"train": r.train, "val": r.val, "seed": r.seed, "best_epoch": r.best_epoch, **r.figures()}
                         for r in results], "summary": summary}

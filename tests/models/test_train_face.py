@@ -90,3 +90,25 @@ def test_people_seen_with_one_label_only_are_left_out_of_training() -> None:
     strangers = data.subset(np.array([False, False, True, True, False, True]))
     with pytest.raises(LivenessError, match="--keep-unpaired"):
         _paired(strangers, keep_unpaired=False)
+
+
+def test_unseen_people_folds_train_without_the_people_they_report_on(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """The stricter protocol: the test half's people are in neither the face nor the quality fit."""
+    from models.face_data import face_crops
+    from models.train_face import calibration_split
+
+    data = face_crops("nuaa", NUAA, "all", limit=300)
+    data = data.subset(data.has_face)
+    val = data.subset(data.sessions == "02")
+    test_people = sorted(set(val.subset(~calibration_split(val)).subjects.tolist()))
+    report, cnn, face = tmp_path / "r.json", tmp_path / "cnn.onnx", tmp_path / "face.onnx"
+    caplog.set_level("INFO", logger="models.train_face")
+    assert main(["train", "face", "--root", str(NUAA), "--limit", "300", "--epochs", "1", "--val-session", "02",
+                 "--unseen-people", "--out", str(cnn), "--report", str(report)]) == 0
+    trained_on = next(r.getMessage() for r in caplog.records if "trains on" in r.getMessage())
+    assert test_people and not any(p in trained_on for p in test_people)
+    assert json.loads(report.read_text())["unseen_people"] is True
+    assert main(["train", "quality", "--root", str(NUAA), "--limit", "300", "--train-session", "01",
+                 "--leave-out", ",".join(test_people), "--base", str(cnn), "--out", str(face)]) == 0
+    assert f"without {','.join(test_people)}" in OnnxModel(face).metadata["liveness.quality"]

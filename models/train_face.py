@@ -3,7 +3,9 @@
 Protocol (why: frames of one video are near-duplicates and lighting differs per session):
 train on one capture session, validate on another, and the reverse. The validation session
 is split by subject into a calibration half (early stopping, threshold) and a test half
-(the reported figures), so no reported figure was used to choose anything.
+(the reported figures), so no reported figure was used to choose anything. Training leaves
+out people seen with one label only (else their face itself becomes the cue), and with
+``--unseen-people`` a fold also leaves out the people it reports on.
 
 Without ``--val-session`` the shipped model is then trained on every session for the
 folds' median best epoch count, and its threshold is the one with the lowest ACER on the

@@ -134,7 +134,7 @@ def _train_face(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mixstyle", type=float, default=0.0, help="probability of mixing feature statistics (MixStyle)")
     p.add_argument("--fourier", type=float, default=0.0, help="weight of the auxiliary Fourier-spectrum loss")
     p.add_argument("--keep-unpaired", action="store_true",
-                   help="also train on people seen only live or only as attacks (identity becomes a cue)")
+                   help="also train on people seen only live or only as attacks (identity can become a cue)")
     p.add_argument("--unseen-people", action="store_true",
                    help="a fold also leaves out of training the people it reports on (unseen session and people)")
     p.add_argument("--crop-scale", type=float, default=2.0, help="crop side / face size (run time: ingest.crop.scale)")

@@ -57,8 +57,8 @@ class FaceCrops:
     def paired_subjects(self) -> np.ndarray:
         """True for crops whose person is here both live and as an attack (or is unknown).
 
-        Why: a person seen only as a photo (NUAA's 0008 in session 01) teaches a network
-        that this face means "attack", and that person's live face is then rejected.
+        Why: a person seen only as a photo (NUAA's 0008 in session 01) can teach a network
+        that this face means "attack", and it would then reject that person's live face.
         """
         live = set(self.subjects[self.labels == 0].tolist())
         spoof = set(self.subjects[self.labels == 1].tolist())

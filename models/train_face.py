@@ -4,7 +4,7 @@ Protocol (why: frames of one video are near-duplicates and lighting differs per 
 train on one capture session, validate on another, and the reverse. The validation session
 is split by subject into a calibration half (early stopping, threshold) and a test half
 (the reported figures), so no reported figure was used to choose anything. Training leaves
-out people seen with one label only (else their face itself becomes the cue), and with
+out people seen with one label only (else their face itself can become the cue), and with
 ``--unseen-people`` a fold also leaves out the people it reports on.
 
 Without ``--val-session`` the shipped model is then trained on every session for the

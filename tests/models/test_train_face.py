@@ -74,7 +74,7 @@ def test_mixstyle_and_fourier_head_train_but_leave_the_export_deterministic(tmp_
 
 
 def test_people_seen_with_one_label_only_are_left_out_of_training() -> None:
-    """NUAA's 0008 is only a photo in session 01: trained on, the network learns that face = attack."""
+    """NUAA's 0008 is only a photo in session 01: trained on, a network can learn that face = attack."""
     from models.face_data import FaceCrops
     from models.train_face import _paired
 

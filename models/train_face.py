@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "face-resnet-dog"
 """Base name in ``liveness.name``; an ensemble of k networks is ``<name>-x<k>``."""
-MODEL_VERSION = "3"
+MODEL_VERSION = "4"
 
 
 def _torch():  # type: ignore[no-untyped-def]

@@ -36,7 +36,7 @@ def test_statistics_of_hand_made_crops() -> None:
 def test_branch_adds_its_logit_to_the_face_model(tmp_path: Path) -> None:
     from models.face_data import face_crops
     from models.face_net import FaceNet, NetConfig
-    from models.face_quality import features, fit
+    from models.face_quality import features, fit, regressors
     from models.train_face import export_onnx
 
     data = face_crops("nuaa", NUAA, "all", limit=300)
@@ -51,14 +51,14 @@ def test_branch_adds_its_logit_to_the_face_model(tmp_path: Path) -> None:
     assert before.threshold == pytest.approx(0.6)
     assert after.name == before.name + "+quality" and after.threshold == pytest.approx(0.7)
     meta = after.metadata["liveness.quality"]
-    assert "crop_range" in meta
+    assert "crop_range" in meta and "log(x + 0.001)" in meta
 
-    # the added logit is the regression's, fitted on the same crops
+    # the added logit is the regression's on the statistics' logarithms, fitted on the same crops
     mean, scale, coef, intercept = fit(data.crops, data.labels)
     crops = data.crops[::5]
     p0, p1 = before.predict(crops), after.predict(crops)
     gain = np.log(p1 / (1 - p1)) - np.log(p0 / (1 - p0))
-    np.testing.assert_allclose(gain, ((features(crops) - mean) / scale) @ coef + intercept, atol=2e-3)
+    np.testing.assert_allclose(gain, ((regressors(features(crops)) - mean) / scale) @ coef + intercept, atol=2e-3)
     assert gain[data.labels[::5] == 1].mean() > gain[data.labels[::5] == 0].mean()  # attacks pushed up
 
     with pytest.raises(LivenessError, match="already has a quality branch"):

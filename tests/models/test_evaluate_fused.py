@@ -12,6 +12,7 @@ import pytest
 from liveness.cli import main
 from liveness.errors import LivenessError
 from liveness.evidence import Policy
+from models.calibrate_fusion import choose, shifted_errors
 from models.evaluate_fused import SequenceResult, subject_half_baselines
 from workers.offline import TrackResult
 from tests.conftest import nuaa_sequence
@@ -65,6 +66,20 @@ def test_each_half_is_calibrated_by_the_other_halfs_live_faces() -> None:
     with pytest.raises(LivenessError, match="subject"):
         subject_half_baselines([dataclasses.replace(results[0], subject=None)], Policy())
 
+
+def test_tied_policies_are_settled_by_the_margin_they_keep() -> None:
+    """Hand-made camera: live faces at log-odds 0, attacks at 8. Face margins 2-5 all decide every
+    sequence right at the same frame; only 4 and 5 still do when the calibration moves by 2."""
+    results = [_result(s, "live", 0.0) for s in "ABCDEF"] + [_result(s, "spoof", 8.0) for s in "AB"]
+    first_tied = Policy(face_margin=2.0, face_weight=0.5, face_cap=4, eye_weight=0.0, eye_threshold=0.2,
+                        spoof_at=1.5, live_at=2.0)
+    baselines = subject_half_baselines(results, first_tied)
+    assert baselines == [0.0] * 8
+    assert shifted_errors(results, first_tied, baselines) == (0.0, pytest.approx(3.0))  # shifts -1, -1.5, -2
+    assert shifted_errors(results, first_tied.model_copy(update={"face_margin": 4.0}), baselines) == (0.0, 0.0)
+    policy, selection, tied = choose(results)
+    assert tied[0] == first_tied and selection["acer"] == 0.0  # the grid lists margin 2 first
+    assert policy.face_margin == 4.0 and shifted_errors(results, policy, baselines) == (0.0, 0.0)
 
 def test_fused_calibrated_by_the_other_subjects(tmp_path: Path, folders: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:

@@ -81,6 +81,7 @@ def test_tied_policies_are_settled_by_the_margin_they_keep() -> None:
     assert tied[0] == first_tied and selection["acer"] == 0.0  # the grid lists margin 2 first
     assert policy.face_margin == 4.0 and shifted_errors(results, policy, baselines) == (0.0, 0.0)
 
+
 def test_fused_calibrated_by_the_other_subjects(tmp_path: Path, folders: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """``--calibrate subjects`` on folders named ``SUBJECT__...``: each half calibrated by the other's live faces."""

@@ -47,6 +47,25 @@ def test_onnx_agrees_with_torch_on_real_crops(tmp_path: Path) -> None:
     np.testing.assert_allclose(OnnxModel(out).predict(crops), predict(model, crops), atol=1e-5)
 
 
+def test_ensemble_makes_the_preprocessing_once_and_averages_the_logits(tmp_path: Path) -> None:
+    """The members share ``pre`` (fixed weights), so the ensemble is the mean of its networks
+    exactly, and its export holds one DoG (four blur products), not one per network."""
+    import onnx
+
+    from models.face_net import Ensemble, FaceNet, NetConfig
+    from models.train_face import export_onnx
+
+    torch.manual_seed(0)
+    nets = [FaceNet(NetConfig()).eval() for _ in range(3)]
+    x = torch.rand(4, 3, 112, 112) * 255
+    assert torch.equal(Ensemble(nets)(x), torch.stack([net(x) for net in nets]).mean(dim=0))
+    out = tmp_path / "face.onnx"
+    check = (np.random.default_rng(0).random((4, 112, 112, 3)) * 255).astype(np.uint8)
+    export_onnx(Ensemble(nets).eval(), out, 0.5, {}, check)
+    assert sum(n.op_type == "MatMul" for n in onnx.load(out).graph.node) == 4
+    with pytest.raises(ValueError, match="NetConfig"):
+        Ensemble([FaceNet(NetConfig()), FaceNet(NetConfig(dog=False))])
+
 def test_mixstyle_and_fourier_head_train_but_leave_the_export_deterministic(tmp_path: Path) -> None:
     """Both are training-only: MixStyle mixes statistics in train mode and is the identity in eval
     mode; the Fourier head is not part of the exported model."""

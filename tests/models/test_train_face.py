@@ -66,6 +66,7 @@ def test_ensemble_makes_the_preprocessing_once_and_averages_the_logits(tmp_path:
     with pytest.raises(ValueError, match="NetConfig"):
         Ensemble([FaceNet(NetConfig()), FaceNet(NetConfig(dog=False))])
 
+
 def test_mixstyle_and_fourier_head_train_but_leave_the_export_deterministic(tmp_path: Path) -> None:
     """Both are training-only: MixStyle mixes statistics in train mode and is the identity in eval
     mode; the Fourier head is not part of the exported model."""

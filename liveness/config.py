@@ -57,9 +57,14 @@ class CropSettings(Section):
 
 class DetectSettings(Section):
     every_n_frames: int = Field(8, ge=1, description="Run the face detector every N processed frames")
-    scale: float = Field(0.5, gt=0.1, le=1.0, description="Downscale of the grey frame before detection")
+    scale: float = Field(0.5, gt=0.1, le=1.0, description=(
+        "Downscale of the grey frame before detection. dlib's HOG window is 80 px, so the smallest face "
+        "found is about 75 / (scale * 2**upsample) px wide in the frame (about 150 at the defaults); use "
+        "1.0 or upsample 1 where faces are smaller: detection then takes about twice as long"))
     upsample: int = Field(0, ge=0, le=2, description="dlib HOG upsampling steps")
-    min_face_px: int = Field(60, ge=20, description="Ignore faces smaller than this in the full frame")
+    min_face_px: int = Field(60, ge=20, description=(
+        "Ignore faces smaller than this in the full frame (a filter: the detector's own limit is "
+        "set by scale and upsample)"))
     max_faces: int = Field(4, ge=1, description="Most faces tracked per camera")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -55,17 +55,26 @@ class CropSettings(Section):
     jpeg_quality: int = Field(90, ge=50, le=100, description="JPEG quality of published crops")
 
 
+DETECT_WIDTHS = (320, 640)
+"""Widths of the frame the detector sees with ``detect.scale: auto``, in the order it tries them."""
+
+
 class DetectSettings(Section):
     every_n_frames: int = Field(8, ge=1, description="Run the face detector every N processed frames")
-    scale: float = Field(0.5, gt=0.1, le=1.0, description=(
-        "Downscale of the grey frame before detection. dlib's HOG window is 80 px, so the smallest face "
-        "found is about 75 / (scale * 2**upsample) px wide in the frame (about 150 at the defaults); use "
-        "1.0 or upsample 1 where faces are smaller: detection then takes about twice as long"))
+    scale: Annotated[float, Field(gt=0.1, le=1.0)] | Literal["auto"] = Field("auto", description=(
+        "Resize of the grey frame before detection. dlib's HOG window is 80 px, so the detector sees faces "
+        "from about 75 px wide in the resized frame. 'auto': the frame resized (down or up) to 320 px wide, "
+        "and only if that finds no face, to 640 px wide: faces from about 12 % of the frame's width at any "
+        "resolution. A number: that one factor (0.5 finds faces from about 150 px wide)"))
     upsample: int = Field(0, ge=0, le=2, description="dlib HOG upsampling steps")
     min_face_px: int = Field(60, ge=20, description=(
         "Ignore faces smaller than this in the full frame (a filter: the detector's own limit is "
         "set by scale and upsample)"))
     max_faces: int = Field(4, ge=1, description="Most faces tracked per camera")
+
+    def scales_for(self, width: int) -> tuple[float, ...]:
+        """The resize factors to try, in order, for a frame ``width`` px wide."""
+        return tuple(w / width for w in DETECT_WIDTHS) if self.scale == "auto" else (self.scale,)
 
 
 class CameraDefaults(Section):

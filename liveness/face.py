@@ -1,6 +1,6 @@
 """The face pipeline: one piece of code for ingest, training and evaluation.
 
-dlib's HOG detector on a downscaled grey frame, dlib's 68 landmarks on the full-resolution
+dlib's HOG detector on a resized grey frame, dlib's 68 landmarks on the full-resolution
 grey frame, the ratio of eye per eye, and a face crop aligned on the eyes. Landmark indices
 are dlib's, 0-based: 36-41 is the eye on the image's left, 42-47 the one on its right.
 """
@@ -114,9 +114,21 @@ class FacePipeline:
         return frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
 
     def detect(self, grey: np.ndarray) -> list[tuple[int, int, int, int]]:
-        """Face boxes ``(x, y, w, h)`` in full-frame pixels, largest first."""
-        s = self.detect_settings.scale
-        small = cv2.resize(grey, None, fx=s, fy=s, interpolation=cv2.INTER_AREA) if s != 1.0 else grey
+        """Face boxes ``(x, y, w, h)`` in full-frame pixels, largest first.
+
+        Each resize factor of ``detect.scale`` is tried in turn until one finds a face: dlib's HOG
+        misses some faces at one size of the frame and finds them at another, so the second look
+        (the larger frame) finds small faces without dropping any that the first finds.
+        """
+        for s in self.detect_settings.scales_for(grey.shape[1]):
+            boxes = self._detect_at(grey, s)
+            if boxes:
+                return boxes
+        return []
+
+    def _detect_at(self, grey: np.ndarray, s: float) -> list[tuple[int, int, int, int]]:
+        small = (grey if s == 1.0 else
+                 cv2.resize(grey, None, fx=s, fy=s, interpolation=cv2.INTER_AREA if s < 1.0 else cv2.INTER_LINEAR))
         rects = self._detector(small, self.detect_settings.upsample)
         boxes = [(int(r.left() / s), int(r.top() / s), int(r.width() / s), int(r.height() / s)) for r in rects]
         boxes = [b for b in boxes if b[2] >= self.detect_settings.min_face_px]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from liveness.config import DetectSettings
 from liveness.face import FacePipeline
 from models.datasets import Dataset, Sequence
 
@@ -62,7 +63,7 @@ class EyeTrack:
 
 
 def _key(dataset: Dataset) -> str:
-    h = hashlib.sha1()
+    h = hashlib.sha1(DetectSettings().model_dump_json().encode())
     for s in dataset.sequences:
         h.update(f"{s.name}|{s.label}|{s.video}|{s.fps}|".encode())
         h.update("|".join(str(p) for p in s.frames).encode())

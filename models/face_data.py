@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from liveness.config import CropSettings
+from liveness.config import CropSettings, DetectSettings
 from liveness.face import FacePipeline, align_crop
 from models.datasets import Dataset, load
 
@@ -141,7 +141,8 @@ def recrop(data: FaceCrops, crop: CropSettings) -> FaceCrops:
 
 
 def _cache_path(kind: str, root: str | Path, split: str | None, crop: CropSettings, limit: int | None) -> Path:
-    key = f"{kind}|{Path(root).resolve()}|{split}|{crop.size}|{crop.scale}|{crop.jpeg_quality}|{limit}"
+    key = (f"{kind}|{Path(root).resolve()}|{split}|{crop.size}|{crop.scale}|{crop.jpeg_quality}|{limit}|"
+           f"{DetectSettings().model_dump_json()}")
     return CACHE_DIR / f"face_crops_{kind}_{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
 
 

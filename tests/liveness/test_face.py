@@ -3,7 +3,10 @@
 import cv2
 import numpy as np
 
-from liveness.config import CropSettings
+import pytest
+from pydantic import ValidationError
+
+from liveness.config import CropSettings, DetectSettings
 from liveness.eyes import EyeHistory
 from liveness.face import FacePipeline, align_crop, eye_ratios
 from liveness.tracking import FaceTracker
@@ -38,6 +41,26 @@ def test_detects_landmarks_and_crops_a_real_face() -> None:
         pts = faces_in_crop[0].landmarks
         left_eye, right_eye = pts[36:42].mean(0), pts[42:48].mean(0)
         assert abs(left_eye[1] - right_eye[1]) < 12
+
+
+def test_auto_scale_finds_the_faces_of_a_small_frame_that_a_fixed_half_misses() -> None:
+    frame = cv2.imread(str(nuaa_sequence("ClientRaw/0001_00_00_01")[0]))
+    auto, half = FacePipeline(), FacePipeline(DetectSettings(scale=0.5))
+    # a 640x480 frame with a large face: the first look (320 px wide) is the fixed half's own
+    assert auto.detect(auto.grey(frame)) == half.detect(half.grey(frame))
+    # the same scene from a 320x240 camera: the face is about 90 px wide, under the half's 150 px
+    small = cv2.resize(frame, (320, 240), interpolation=cv2.INTER_AREA)
+    assert half.detect(half.grey(small)) == []
+    (box,) = auto.detect(auto.grey(small))
+    assert 60 <= box[2] <= 120 and 0 <= box[0] and box[0] + box[2] <= 320
+
+
+def test_detect_scale_is_auto_or_a_factor() -> None:
+    assert DetectSettings().scale == "auto" and DetectSettings().scales_for(1280) == (0.25, 0.5)
+    assert DetectSettings(scale=0.5).scales_for(1280) == (0.5,)
+    for bad in ("big", 1.5):
+        with pytest.raises(ValidationError, match="scale"):
+            DetectSettings(scale=bad)
 
 
 def test_one_face_keeps_one_track_and_eyes_move() -> None:

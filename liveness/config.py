@@ -56,16 +56,18 @@ class CropSettings(Section):
 
 
 DETECT_WIDTHS = (320, 640)
-"""Widths of the frame the detector sees with ``detect.scale: auto``, in the order it tries them."""
+"""With ``detect.scale: auto``: the least width of the detector's first look, and the width of its
+second look (taken only where it is larger than the first)."""
 
 
 class DetectSettings(Section):
     every_n_frames: int = Field(8, ge=1, description="Run the face detector every N processed frames")
     scale: Annotated[float, Field(gt=0.1, le=1.0)] | Literal["auto"] = Field("auto", description=(
         "Resize of the grey frame before detection. dlib's HOG window is 80 px, so the detector sees faces "
-        "from about 75 px wide in the resized frame. 'auto': the frame resized (down or up) to 320 px wide, "
-        "and only if that finds no face, to 640 px wide: faces from about 12 % of the frame's width at any "
-        "resolution. A number: that one factor (0.5 finds faces from about 150 px wide)"))
+        "from about 75 px wide in the resized frame. A number: that one factor (0.5 finds faces from about "
+        "150 px wide). 'auto': a first look at half size, or 320 px wide if that is larger; where it finds "
+        "no face, a second look at 640 px wide if that is larger still: faces from about 12 % of the "
+        "frame's width on frames up to 1280 px wide (75 px on a 640 px frame), from 150 px on larger ones"))
     upsample: int = Field(0, ge=0, le=2, description="dlib HOG upsampling steps")
     min_face_px: int = Field(60, ge=20, description=(
         "Ignore faces smaller than this in the full frame (a filter: the detector's own limit is "
@@ -73,8 +75,16 @@ class DetectSettings(Section):
     max_faces: int = Field(4, ge=1, description="Most faces tracked per camera")
 
     def scales_for(self, width: int) -> tuple[float, ...]:
-        """The resize factors to try, in order, for a frame ``width`` px wide."""
-        return tuple(w / width for w in DETECT_WIDTHS) if self.scale == "auto" else (self.scale,)
+        """The resize factors to try, in order, for a frame ``width`` px wide.
+
+        Why 'auto' starts at half size: that was the only look before, so a frame 640 px wide or more
+        loses no face it found; the second look (at most 640 px wide, so an empty scene stays cheap)
+        finds the small faces and the small frames' faces it missed.
+        """
+        if self.scale != "auto":
+            return (self.scale,)
+        first, second = max(0.5, DETECT_WIDTHS[0] / width), DETECT_WIDTHS[1] / width
+        return (first, second) if second > first else (first,)
 
 
 class CameraDefaults(Section):

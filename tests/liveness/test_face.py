@@ -2,7 +2,6 @@
 
 import cv2
 import numpy as np
-
 import pytest
 from pydantic import ValidationError
 
@@ -56,7 +55,11 @@ def test_auto_scale_finds_the_faces_of_a_small_frame_that_a_fixed_half_misses() 
 
 
 def test_detect_scale_is_auto_or_a_factor() -> None:
-    assert DetectSettings().scale == "auto" and DetectSettings().scales_for(1280) == (0.25, 0.5)
+    auto = DetectSettings()
+    assert auto.scale == "auto"
+    assert auto.scales_for(320) == (1.0, 2.0) and auto.scales_for(640) == (0.5, 1.0)
+    assert auto.scales_for(960) == (0.5, 640 / 960)
+    assert auto.scales_for(1280) == (0.5,) and auto.scales_for(1920) == (0.5,)  # never coarser than before
     assert DetectSettings(scale=0.5).scales_for(1280) == (0.5,)
     for bad in ("big", 1.5):
         with pytest.raises(ValidationError, match="scale"):

@@ -29,6 +29,9 @@ LABEL_DIRS = {"live": "live", "real": "live", "spoof": "spoof", "fake": "spoof",
 
 Label = Literal["live", "spoof"]
 
+NUAA_LIST_SPLITS = ("train", "test")
+"""NUAA splits given by the database's own list files (its official protocol)."""
+
 
 class DatasetError(LivenessError):
     """A dataset root is missing, empty or laid out wrongly."""
@@ -106,25 +109,26 @@ def _read_list(path: Path) -> list[str]:
 def nuaa(root: str | Path, split: str = "train") -> Dataset:
     """NUAA Photo Imposter Database (raw): one sequence per (subject, glasses, pos, session).
 
-    ``split``: ``train`` (the database's own training lists), ``all`` (every file found),
-    or ``session-NN`` (one capture session, from every file found).
+    ``split``: ``train`` or ``test`` (the database's own lists, ``client_<split>_raw.txt`` and
+    ``imposter_<split>_raw.txt``: the official protocol), ``all`` (every file found), or
+    ``session-NN`` (one capture session, from every file found).
     """
     root = Path(root)
-    layout = {"live": ("ClientRaw", "client_train_raw.txt"), "spoof": ("ImposterRaw", "imposter_train_raw.txt")}
+    layout = {"live": ("ClientRaw", "client"), "spoof": ("ImposterRaw", "imposter")}
     if not all((root / d).is_dir() for d, _ in layout.values()):
         raise DatasetError(f"{root}: not a NUAA root (needs ClientRaw/ and ImposterRaw/)")
     session = None
     if split.startswith("session-"):
         session = split.removeprefix("session-")
-    elif split not in ("train", "all"):
-        raise DatasetError(f"unknown NUAA split {split!r} (train, all, session-01, session-02, ...)")
+    elif split not in NUAA_LIST_SPLITS + ("all",):
+        raise DatasetError(f"unknown NUAA split {split!r} (train, test, all, session-01, session-02, ...)")
     groups: dict[tuple[str, str], list[Path]] = defaultdict(list)
     skipped = 0
-    for label, (folder, list_file) in layout.items():
-        if split == "train":
-            list_path = root / list_file
+    for label, (folder, list_prefix) in layout.items():
+        if split in NUAA_LIST_SPLITS:
+            list_path = root / f"{list_prefix}_{split}_raw.txt"
             if not list_path.is_file():
-                raise DatasetError(f"{list_path}: list file missing")
+                raise DatasetError(f"{list_path}: NUAA {split} list file missing")
             paths = []
             for entry in _read_list(list_path):
                 path = root / folder / entry

@@ -178,7 +178,8 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=["face", "eye", "fused"], required=True)
     p.add_argument("--dataset", choices=["nuaa", "folders"], required=True)
     p.add_argument("--root", required=True)
-    p.add_argument("--split", default=None, help="nuaa: train, test (the official protocol), all, session-01, ...; folders: a subfolder")
+    p.add_argument("--split", default=None,
+                   help="nuaa: train, test (the official protocol), all, session-01, ...; folders: a subfolder")
     p.add_argument("--json", action="store_true", help="last line of stdout is one JSON object")
     p.add_argument("--workers", type=int, default=1, help="parallel processes")
     p.add_argument("--plot", metavar="FILE.png", help="draw the DET curve")

@@ -33,12 +33,15 @@ def recent_tracks(client: redis.Redis, keys: Keys, camera: str, seconds: float) 
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.recent is not None and not args.recent > 0:
+        raise LivenessError(f"--recent {args.recent:g}: must be a positive number of seconds")
     settings = load_settings(args.config)
     keys = Keys(settings.prefix)
     client = connect(settings.redis)
     tracks = [args.track] if args.track else recent_tracks(client, keys, args.camera, args.recent)
-    if not tracks:
-        raise LivenessError(f"camera {args.camera}: no track scored in the last {args.recent:g} s")
+    if not tracks:  # labelling nothing must not look like success: commissioning would silently stay uncalibrated
+        raise LivenessError(f"camera {args.camera}: no track scored in the last {args.recent:g} s; nothing labelled "
+                            "(is the camera running with a face in view? `liveness decisions` lists the tracks)")
     for track in tracks:
         msg = Label(args.camera, track, args.label, time.time())
         msg.validate()

@@ -246,7 +246,13 @@ def test_webhook_gets_each_decision_despite_a_failure(r: redis.Redis, prefix: st
 
 
 def test_label_recent_without_tracks_is_a_clear_error(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
-    res = subprocess.run(liveness_cmd("label", "--config", str(config(tmp_path, prefix)), "--camera", "nobody",
-                                      "--recent", "30", "live"), capture_output=True, text=True, timeout=60)
-    assert res.returncode != 0 and "camera nobody: no track scored in the last 30 s" in res.stderr
-    assert not r.exists(Keys(prefix).stream(Label))
+    keys = Keys(prefix)
+    cfg = str(config(tmp_path, prefix))
+    face(r, keys, "busy", "b1", 0, 0.2)  # another camera's recent track is not the quiet camera's
+    for recent, error in (("30", "camera quiet: no track scored in the last 30 s; nothing labelled"),
+                          ("-5", "--recent -5: must be a positive number of seconds")):
+        res = subprocess.run(liveness_cmd("label", "--config", cfg, "--camera", "quiet", "--recent", recent, "live"),
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2 and error in res.stderr and "labelled" not in res.stdout, res.stdout + res.stderr
+    assert not r.exists(keys.stream(Label)), "nothing was labelled"
+    assert not r.exists(keys.calibration("quiet"))

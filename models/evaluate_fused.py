@@ -32,6 +32,7 @@ from liveness.evidence import Policy, live_baseline
 from liveness.eyes import INPUT_SIZE
 from liveness.pad_metrics import pad_report
 from models.datasets import Sequence, load
+from models.eye_data import sequence_figures
 from workers.offline import OfflineAnalyzer, TrackResult
 from workers.runners import FACE_INPUT_SHAPE, OnnxModel
 
@@ -161,7 +162,8 @@ def evaluate_fused(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray
 
 
 def evaluate_eye(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Per-window report of the eye model, on the windows ingest would publish (longest track)."""
+    """Per-window report of the eye model, on the windows ingest would publish (longest track), and
+    ``sequence_*`` figures with one decision per sequence."""
     dataset = load(args.dataset, args.root, args.split)
     face = str(args.face_model or artifact_path("face.onnx"))
     eye_path = str(args.eye_model or artifact_path("eye.onnx"))
@@ -180,4 +182,7 @@ def evaluate_eye(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray, 
                            "split": args.split, "unit": "window"}
     out.update(pad_report(y, s, eye.threshold).to_dict())
     out["no_face"] = sum(r.track is None for r in results)
+    windows = [np.array([score for _, _, kind, score in (r.track.events if r.track else []) if kind == "eye"])
+               for r in results]
+    out.update(sequence_figures([int(r.label == "spoof") for r in results], windows, eye.metadata, eye.threshold))
     return out, y, s

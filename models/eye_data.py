@@ -3,7 +3,8 @@
 Running dlib over every frame is the slow part of eye training, so each dataset's tracks are
 cached as one ``.npz`` under ``.cache/eye/`` (gitignored; plain arrays, no pickles) keyed by
 the frame files it was built from. A frame without a face is left out, as ingest would
-publish nothing for it; the largest face of a frame is the sequence's face.
+publish nothing for it; the largest face of a frame is the sequence's face. ``sequence_figures``
+turns a sequence's window scores into one decision, for ``liveness evaluate --model eye``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from liveness.config import DetectSettings
 from liveness.face import FacePipeline
+from liveness.pad_metrics import error_rates
 from models.datasets import Dataset, Sequence
 
 log = logging.getLogger(__name__)
@@ -111,3 +113,25 @@ def eye_tracks(dataset: Dataset, cache_dir: Path = CACHE_DIR) -> list[EyeTrack]:
         tracks.append(EyeTrack(seq.name, seq.label, seq.session, seq.subject, data["ts"][sel], r[:, 0], r[:, 1],
                                data["landmarks"][sel]))
     return tracks
+
+
+def sequence_figures(labels: list[int], window_scores: list[np.ndarray], metadata: dict[str, str],
+                     window_threshold: float) -> dict[str, object]:
+    """APCER/BPCER/ACER with one decision per sequence, by the model's own sequence rule.
+
+    A model exported here carries its rule (``liveness.sequence_quantile`` of the window scores,
+    attack at ``liveness.sequence_threshold``); another model is judged by the mean of its window
+    scores at its window threshold. A sequence without a window is undecided, which is never an
+    acceptance: a rejected live face, a refused attack.
+    """
+    if "liveness.sequence_quantile" in metadata and "liveness.sequence_threshold" in metadata:
+        q, threshold = float(metadata["liveness.sequence_quantile"]), float(metadata["liveness.sequence_threshold"])
+        aggregate, rule = (lambda v: float(np.quantile(v, q))), f"quantile {q:g}"
+    else:
+        threshold, aggregate, rule = window_threshold, (lambda v: float(np.mean(v))), "mean"
+    scores = [aggregate(w) if len(w) else np.inf for w in window_scores]
+    apcer, bpcer = error_rates(np.array(labels), np.array(scores), threshold)
+    rates = {"sequence_apcer": apcer, "sequence_bpcer": bpcer, "sequence_acer": (apcer + bpcer) / 2}
+    return {**{k: None if np.isnan(v) else v for k, v in rates.items()},  # JSON has no NaN
+            "sequence_threshold": threshold, "sequence_rule": rule, "sequence_n_live": len(labels) - sum(labels),
+            "sequence_n_spoof": sum(labels), "sequence_no_window": sum(not len(w) for w in window_scores)}

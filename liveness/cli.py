@@ -37,6 +37,17 @@ def _ingest(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, default=None, help="stop after N frames (files)")
 
 
+def _collect(p: argparse.ArgumentParser) -> None:
+    _config(p, required=True)
+    p.add_argument("--camera", required=True, metavar="ID", help="a camera of the config")
+    p.add_argument("--label", required=True, choices=["live", "spoof"], help="what the camera sees while recording")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="dataset root: writes DIR/LABEL/NAME/, which must not exist or be empty")
+    p.add_argument("--name", help="entry folder name (default: the camera id; SUBJECT__... names the subject)")
+    p.add_argument("--seconds", type=float, help="stop after S seconds of frames (default: until ^C)")
+    p.add_argument("--crops", action="store_true", help="write the face crops ingest publishes, not whole frames")
+
+
 def _worker(p: argparse.ArgumentParser) -> None:
     _config(p)
     p.add_argument("--name", help="consumer name (default: host-pid)")
@@ -209,6 +220,8 @@ COMMANDS: dict[str, tuple[str, str, Adder]] = {
     "run": ("liveness.run", "run everything: cameras, worker pools, fusion (demo without --config)", _run),
     "demo": ("liveness.run:demo", "a labelled dataset through the whole pipeline, as a live table", _demo),
     "ingest": ("ingest.service", "read cameras, publish faces and eye ratios to Redis", _ingest),
+    "collect": ("ingest.collect", "record a labelled entry from a camera: frames or face crops, and eye ratios "
+                "(the only command that writes faces to disk; exit 1 when the camera is lost mid-way)", _collect),
     "face-worker": ("workers.face", "score face crops with the face model", _worker),
     "eye-worker": ("workers.eye", "score eye windows with the eye model", _worker),
     "fusion": ("fusion.service", "join scores per track and decide live/spoof", _fusion),

@@ -53,7 +53,7 @@ class Collected:
 def entry_folder(out: Path, label: str, name: str) -> Path:
     """The entry to write, refused (before anything is written) where it would overwrite."""
     if not ENTRY_NAME.match(name):
-        raise LivenessError(f"--name {name!r}: letters, digits, '_', '-' and '.' only (at most 100)")
+        raise LivenessError(f"entry name {name!r}: letters, digits, '_', '-' and '.' only, not first (at most 100)")
     entry = out / label / name
     for path in (out, out / label):
         if path.exists() and not path.is_dir():
@@ -67,12 +67,12 @@ def collect(camera: CameraSettings, entry: Path, crops: bool, seconds: float | N
             stop: threading.Event) -> Collected:
     """Record from ``camera`` into ``entry`` until ``seconds`` of frames, the end of a file, a lost
     camera or ``stop``. SourceError, and nothing written, when the camera cannot be opened."""
+    pipeline = FacePipeline(camera.detect, camera.crop)
+    pacer = FramePacer(camera.max_fps)  # type: ignore[arg-type]
     cap = open_capture(camera)
     live = is_live(camera.source)
     reader = LatestFrameReader(cap, camera.id) if live else FileReader(cap, fast=False)
     log.info("collect %s: recording from %s into %s", camera.id, describe(camera.source), entry)
-    pipeline = FacePipeline(camera.detect, camera.crop)
-    pacer = FramePacer(camera.max_fps)  # type: ignore[arg-type]
     done = Collected(entry)
     entry.mkdir(parents=True, exist_ok=True)
     start: float | None = None

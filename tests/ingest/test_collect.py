@@ -83,7 +83,7 @@ def test_bad_input_is_refused_and_nothing_is_overwritten(tmp_path: Path) -> None
         ("--camera", "hall", "--label", "live"): "unknown camera id 'hall' (known: door)",
         ("--camera", "door", "--label", "maybe"): "invalid choice: 'maybe'",
         ("--camera", "door", "--label", "live"): f"{taken}: exists and is not empty; nothing written",
-        ("--camera", "door", "--label", "live", "--name", "../x"): "--name '../x': letters, digits",
+        ("--camera", "door", "--label", "live", "--name", "../x"): "entry name '../x': letters, digits",
         ("--camera", "door", "--label", "live", "--seconds", "0"): "--seconds 0: must be a positive number",
         ("--camera", "door", "--label", "spoof"): "camera door: cannot open rtsp://***@127.0.0.1",
     }

@@ -23,3 +23,5 @@ CALIBRATION_TRACKS = Gauge("liveness_calibration_tracks", "Live-labelled tracks 
                            ["camera"])
 LIVE_BASELINE = Gauge("liveness_live_baseline_logodds",
                       "Median face log-odds of a camera's live-labelled tracks (NaN: not calibrated yet)", ["camera"])
+STATE_RESETS = Counter("liveness_fusion_state_resets_total",
+                       "Shared state found corrupt and reset: a track's, or a key of another type", ["structure"])

@@ -1,10 +1,17 @@
 """The fusion service: one decision per track from face and eye scores, and accuracy metrics.
 
 All track state lives in Redis (a hash per track, with a TTL), so any number of fusion
-processes on any number of machines can share the work and a restart loses nothing. Each
-batch is applied in one WATCH/MULTI transaction: state, seen source ids, decisions,
-accuracy counters and the XACK commit together or not at all, so a redelivered score is
-never counted twice and a decision is never emitted twice.
+processes on any number of machines can share the work and a restart loses nothing. Batches
+go through the consumer loop every worker uses (``liveness.streams``): the batch's tracks are
+watched, read and advanced, and state, seen source ids, decisions, accuracy counters and the
+XACK commit in one transaction, or the batch is handled again; so a redelivered score is never
+counted twice and a decision is never emitted twice.
+
+State that does not parse (an older schema, a partial write, a hostile client) sends the
+track's messages of the batch to the dead letters with the reason and resets the track; a key
+of another type, or a counter that is not a number, is reset where it is found; garbage members
+of the sets are ignored. The consumer, the gauges and the webhook run as one ``Crew``: if one
+fails, the process ends, and its supervisor restarts it.
 
 A track labelled live by an operator adds its mean face log-odds to its camera's calibration
 (a sorted set in Redis); every fusion process re-reads the calibrations every few seconds
@@ -15,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable, Iterator, TypeVar
 
 import redis
 
@@ -27,17 +36,13 @@ from fusion import metrics
 from fusion.webhook import Webhook
 from liveness.config import Settings, load_settings
 from liveness.contract import Decision, EyeScore, FaceScore, Keys, Label, Score
-from liveness.defaults import artifact_path
-from liveness.errors import LivenessError, PoisonMessageError
-from liveness.evidence import Policy, TrackEvidence, live_baseline
+from liveness.errors import CorruptStateError, PoisonMessageError
+from liveness.evidence import TrackEvidence, live_baseline, load_policy
 from liveness import lifecycle
 from liveness.metrics import STAGE_LATENCY
-from liveness.streams import Entry, Outcome, StreamConsumer, consumer_name
+from liveness.streams import Crew, Entry, Failed, Outcome, StreamConsumer, consumer_name
 
 log = logging.getLogger(__name__)
-
-WATCH_RETRIES = 20
-"""Attempts at a batch when another fusion process changes the same track meanwhile."""
 
 GAUGES_EVERY_S = 2.0
 """How often the accuracy and open-track gauges and the cameras' calibrations are re-read from Redis, seconds."""
@@ -45,20 +50,7 @@ GAUGES_EVERY_S = 2.0
 CALIBRATION_KEEP = 201
 """Live tracks kept per camera for its calibration; beyond it the extremes go, the median stays."""
 
-
-def load_policy(settings: Settings) -> Policy:
-    """Thresholds stored with the models, with the config's overrides applied."""
-    cfg = settings.fusion
-    path = Path(cfg.policy) if cfg.policy else artifact_path("fusion.json")
-    if cfg.policy and not path.is_file():
-        raise LivenessError(f"fusion.policy: no such file {path}")
-    policy = Policy.load(path) if path.is_file() else Policy()
-    updates = {}
-    if cfg.spoof_threshold is not None:
-        updates["spoof_at"] = cfg.spoof_threshold
-    if cfg.live_threshold is not None:
-        updates["live_at"] = cfg.live_threshold
-    return policy.model_copy(update=updates)
+T = TypeVar("T")
 
 
 @dataclass
@@ -69,6 +61,23 @@ class Item:
     track: str
     score: Score | None = None
     label: Label | None = None
+
+
+@dataclass
+class TrackUpdate:
+    """What one batch does to one track."""
+
+    track: str
+    state: TrackEvidence
+    before: tuple[str, str]
+    """(label, verdict) before the batch: the accuracy counter the track leaves."""
+    new_ids: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    labelled: bool = False
+    live_mean: float | None = None
+    """With ``labelled``: the mean face log-odds a live track adds to its camera's calibration (None: leaves it)."""
+    decision: Decision | None = None
+    latencies: list[float] = field(default_factory=list)
 
 
 class FusionConsumer(StreamConsumer):
@@ -109,111 +118,148 @@ class FusionConsumer(StreamConsumer):
                 dead[entry_id] = f"poison: unexpected {type(e).__name__}: {e}"
         return items, dead
 
-    def process(self, entries: list[Entry]) -> None:
+    def source(self, item: Item) -> str:
+        """The id a score is counted under: source ids of the face and eye streams can coincide."""
+        assert item.score is not None
+        return f"{self.kind}:{item.score.source_id}"
+
+    def handle(self, entries: list[Entry]) -> Outcome:
         items, dead = self.decode(entries)
         by_track: dict[str, list[Item]] = defaultdict(list)
         for item in items:
             by_track[item.track].append(item)
-        for _ in range(WATCH_RETRIES):
-            try:
-                self._apply(by_track, entries, dead)
-                return
-            except redis.WatchError:
-                continue
-        log.warning("%s: batch of %d left for redelivery after %d conflicts", self.name, len(entries), WATCH_RETRIES)
-
-    def _apply(self, by_track: dict[str, list[Item]], entries: list[Entry], dead: dict[str, str]) -> None:
-        f = self.fusion
-        keys = self.keys
+        tracks = sorted(by_track)
+        if tracks:
+            self.watch(*[self.keys.track_state(t) for t in tracks])
+        ids = {t: [self.source(i) for i in by_track[t] if i.score is not None] for t in tracks}
+        reads = self.redis.pipeline(transaction=False)  # every read in one round trip, after the WATCH
+        for track in tracks:
+            reads.hgetall(self.keys.track_state(track))
+            if ids[track]:
+                reads.smismember(self.keys.seen(track), ids[track])
+        replies = iter(reads.execute(raise_on_error=False))
         now = time.time()
-        decisions: list[Decision] = []
-        duplicates = 0
-        with self.redis.pipeline(transaction=True) as pipe:
-            tracks = sorted(by_track)
-            if tracks:
-                pipe.watch(*[keys.track_state(t) for t in tracks])
-            states: dict[str, TrackEvidence] = {}
-            before: dict[str, tuple[str, str]] = {}
-            fresh: dict[str, list[Item]] = {}
-            calibrate: dict[str, float | None] = {}  # track -> mean face log-odds to add, None: remove
-            # source ids of the face and eye streams can coincide: the kind keeps them apart
-            ids = {t: [f"{self.kind}:{i.score.source_id}" for i in by_track[t] if i.score is not None] for t in tracks}
-            # every read in one round trip; the WATCH above still guards them (it precedes them)
-            reads = self.redis.pipeline(transaction=False)
-            for track in tracks:
-                reads.hgetall(keys.track_state(track))
-                if ids[track]:
-                    reads.smismember(keys.seen(track), ids[track])
-            replies = iter(reads.execute())
-            for track in tracks:
-                ev = TrackEvidence.from_hash(next(replies))
-                states[track] = ev
-                before[track] = (ev.label, ev.verdict)
-                items = by_track[track]
-                seen = {i for i, hit in zip(ids[track], next(replies)) if hit} if ids[track] else set()
-                fresh[track] = []
-                for item in items:
-                    if item.score is not None:
-                        source = f"{self.kind}:{item.score.source_id}"
-                        if source in seen:
-                            duplicates += 1
-                            continue
-                        seen.add(source)
-                    fresh[track].append(item)
-                    if item.label is not None:
-                        ev.camera = ev.camera or item.label.camera
-                        ev.label = item.label.label
-                        live = ev.label == "live" and ev.face_n >= f.policy.min_face
-                        calibrate[track] = ev.face_logit_mean if live else None
-                    elif item.score is not None:
-                        sc = item.score
-                        ev.camera = ev.camera or sc.camera
-                        ev.label = ev.label or (sc.label or "")
-                        ev.add(self.kind, sc.score, sc.capture_ts, f.policy,  # type: ignore[arg-type]
-                               f.baselines.get(ev.camera))
-                        STAGE_LATENCY.labels("score_to_fusion").observe(max(0.0, now - sc.scored_ts))
-                verdict, confidence = ev.decide(f.policy, f.settings.fusion.rule)
-                if verdict != "undecided" and verdict != ev.verdict:
-                    ev.verdict = verdict
-                    ev.decisions += 1
-                    if not ev.first_decision_ts:
-                        ev.first_decision_ts = now
-                    face, eye = ev.evidence(f.policy)
-                    decisions.append(Decision(ev.camera, track, verdict, confidence, face, eye, ev.frames,
-                                              ev.first_capture_ts, ev.last_capture_ts, now,
-                                              f.settings.fusion.rule, ev.label or None))
-            pipe.multi()
-            ttl = max(1, int(f.settings.fusion.track_ttl_s * 6))
-            for track in tracks:
-                ev = states[track]
-                pipe.hset(keys.track_state(track), mapping=ev.to_hash())
-                pipe.expire(keys.track_state(track), ttl)
-                new_ids = [f"{self.kind}:{i.score.source_id}" for i in fresh[track] if i.score is not None]
-                if new_ids:
-                    pipe.sadd(keys.seen(track), *new_ids)
-                    pipe.expire(keys.seen(track), ttl)
-                pipe.zadd(keys.open_tracks, {track: now})
-                _count_accuracy(pipe, keys, ev, before[track])
-            for track, mean in calibrate.items():
-                camera = states[track].camera
-                if mean is None:
-                    pipe.zrem(keys.calibration(camera), track)
-                else:
-                    pipe.zadd(keys.calibration(camera), {track: mean})
-                    pipe.sadd(keys.calibrated, camera)
-            for d in decisions:
-                pipe.xadd(keys.stream(Decision), d.to_fields(), maxlen=f.settings.streams.maxlen, approximate=True)
-            self.queue_commit(pipe, Outcome(dead=dead), entries)
-            pipe.execute()
-        metrics.DUPLICATES.labels(self.kind).inc(duplicates)
-        for d in decisions:
+        updates: list[TrackUpdate] = []
+        reset: list[str] = []
+        for track in tracks:
+            state = next(replies)
+            seen = next(replies) if ids[track] else []
+            try:
+                updates.append(self.advance(track, state, seen, ids[track], by_track[track], now))
+            except Exception as e:  # noqa: BLE001 - one track's state must not hold up the others
+                reason = (f"corrupt state: {e}" if isinstance(e, CorruptStateError)
+                          else f"error: unexpected {type(e).__name__}: {e}")
+                dead.update({item.entry_id: reason for item in by_track[track]})
+                reset.append(track)
+        return Outcome(writes=[partial(self.queue_writes, updates, reset, now)], dead=dead,
+                       after=[partial(self.report, updates, reset)])
+
+    def advance(self, track: str, state: dict[bytes, bytes] | redis.ResponseError,
+                seen_reply: list[int] | redis.ResponseError, ids: list[str], items: list[Item],
+                now: float) -> TrackUpdate:
+        """The track's state after ``items``; CorruptStateError if what Redis holds for it is not a state."""
+        for key, reply in ((self.keys.track_state(track), state), (self.keys.seen(track), seen_reply)):
+            if isinstance(reply, redis.ResponseError):
+                raise CorruptStateError(f"{key}: {reply}")
+        f = self.fusion
+        ev = TrackEvidence.from_hash(state)  # type: ignore[arg-type]
+        update = TrackUpdate(track, ev, (ev.label, ev.verdict))
+        seen = {i for i, hit in zip(ids, seen_reply) if hit}  # type: ignore[arg-type]
+        for item in items:
+            if item.label is not None:
+                ev.camera = ev.camera or item.label.camera
+                ev.label = item.label.label
+                update.labelled = True
+                live = ev.label == "live" and ev.face_n >= f.policy.min_face
+                update.live_mean = ev.face_logit_mean if live else None
+                continue
+            sc = item.score
+            assert sc is not None
+            source = self.source(item)
+            if source in seen:
+                update.duplicates += 1
+                continue
+            seen.add(source)
+            update.new_ids.append(source)
+            ev.camera = ev.camera or sc.camera
+            ev.label = ev.label or (sc.label or "")
+            ev.add(self.kind, sc.score, sc.capture_ts, f.policy, f.baselines.get(ev.camera))  # type: ignore[arg-type]
+            update.latencies.append(max(0.0, now - sc.scored_ts))
+        verdict, confidence = ev.decide(f.policy, f.settings.fusion.rule)
+        if verdict != "undecided" and verdict != ev.verdict:
+            ev.verdict = verdict
+            ev.decisions += 1
+            if not ev.first_decision_ts:
+                ev.first_decision_ts = now
+            face, eye = ev.evidence(f.policy)
+            update.decision = Decision(ev.camera, track, verdict, confidence, face, eye, ev.frames,
+                                       ev.first_capture_ts, ev.last_capture_ts, now, f.settings.fusion.rule,
+                                       ev.label or None)
+        return update
+
+    def queue_writes(self, updates: list[TrackUpdate], reset: list[str], now: float,
+                     pipe: redis.client.Pipeline) -> None:
+        keys = self.keys
+        settings = self.fusion.settings
+        ttl = max(1, int(settings.fusion.track_ttl_s * 6))
+        for u in updates:
+            pipe.hset(keys.track_state(u.track), mapping=u.state.to_hash())
+            pipe.expire(keys.track_state(u.track), ttl)
+            if u.new_ids:
+                pipe.sadd(keys.seen(u.track), *u.new_ids)
+                pipe.expire(keys.seen(u.track), ttl)
+            pipe.zadd(keys.open_tracks, {u.track: now})
+            _count_accuracy(pipe, keys, u.state, u.before)
+            if u.labelled and u.live_mean is None:
+                pipe.zrem(keys.calibration(u.state.camera), u.track)
+            elif u.labelled:
+                pipe.zadd(keys.calibration(u.state.camera), {u.track: u.live_mean})
+                pipe.sadd(keys.calibrated, u.state.camera)
+            if u.decision is not None:
+                pipe.xadd(keys.stream(Decision), u.decision.to_fields(),  # type: ignore[arg-type]
+                          maxlen=settings.streams.maxlen, approximate=True)
+        for track in reset:
+            reset_keys(pipe, keys.track_state(track), keys.seen(track))
+
+    def report(self, updates: list[TrackUpdate], reset: list[str]) -> None:
+        """Metrics, logs and the webhook, once the batch is committed."""
+        for track in reset:
+            metrics.STATE_RESETS.labels("track").inc()
+            log.warning("%s: track %s: state reset", self.name, track)
+        for u in updates:
+            metrics.DUPLICATES.labels(self.kind).inc(u.duplicates)
+            for latency in u.latencies:
+                STAGE_LATENCY.labels("score_to_fusion").observe(latency)
+            d = u.decision
+            if d is None:
+                continue
             metrics.DECISIONS.labels(d.camera, d.verdict).inc()
             metrics.PIPELINE_LATENCY.labels(d.camera).observe(max(0.0, d.decided_ts - d.last_capture_ts))
-            if states[d.track].decisions == 1:
+            if u.state.decisions == 1:
                 metrics.TIME_TO_DECISION.labels(d.camera).observe(max(0.0, d.decided_ts - d.first_capture_ts))
             log.info("fusion: %s %s -> %s (%.2f, face %.2f, eye %.2f, %d frames)", d.camera, d.track, d.verdict,
                      d.confidence, d.face_evidence, d.eye_evidence, d.frames)
-            f.webhook.send(d)
+            self.fusion.webhook.send(d)
+
+    def repair(self, failed: Failed) -> None:
+        """Reset the shared keys that refused a write: one of another type, an accuracy count that is not a number."""
+        for args, error in failed:
+            command, key = str(args[0]).upper(), str(args[1])
+            if "WRONGTYPE" in str(error):
+                self.fusion.reset(key, error)
+            elif command == "HINCRBY" and key == self.keys.accuracy:
+                self.redis.hset(key, str(args[2]), 0)
+                metrics.STATE_RESETS.labels("accuracy").inc()
+                log.warning("%s: accuracy count %s was not a number (%s): reset to 0", self.name, args[2], error)
+            else:
+                raise error
+
+
+def reset_keys(client: redis.Redis | redis.client.Pipeline, *keys: str) -> None:
+    """Delete ``keys``. EXPIRE 0 deletes a key (a timeout not in the future does) and is in the
+    services' ACL (README, "Redis security"), which has no DEL."""
+    for key in keys:
+        client.expire(key, 0)
 
 
 def _count_accuracy(pipe: redis.client.Pipeline, keys: Keys, ev: TrackEvidence, before: tuple[str, str]) -> None:
@@ -227,8 +273,20 @@ def _count_accuracy(pipe: redis.client.Pipeline, keys: Keys, ev: TrackEvidence, 
         pipe.hincrby(keys.accuracy, f"{ev.camera}|{ev.label}|{ev.verdict}", 1)
 
 
-def error_rates(counts: dict[tuple[str, str], int]) -> tuple[float, float, int, int]:
-    """APCER, BPCER and the number of attacks and live tracks, from (label, verdict) counts."""
+def accuracy_counts(raw: dict[bytes, bytes]) -> Iterator[tuple[str, str, str, int]]:
+    """(camera, label, verdict, tracks) of each ``camera|label|verdict`` counter; other fields are garbage, skipped."""
+    for key, value in raw.items():
+        try:
+            camera, label, verdict = key.decode().split("|")
+            count = int(value)
+        except ValueError:
+            continue
+        if label in ("live", "spoof") and verdict in ("live", "spoof"):
+            yield camera, label, verdict, count
+
+
+def verdict_rates(counts: dict[tuple[str, str], int]) -> tuple[float, float, int, int]:
+    """APCER, BPCER and the number of attacks and live tracks, from (label, verdict) counts of decided tracks."""
     attacks = counts.get(("spoof", "live"), 0) + counts.get(("spoof", "spoof"), 0)
     lives = counts.get(("live", "live"), 0) + counts.get(("live", "spoof"), 0)
     apcer = counts.get(("spoof", "live"), 0) / attacks if attacks else 0.0
@@ -237,7 +295,7 @@ def error_rates(counts: dict[tuple[str, str], int]) -> tuple[float, float, int, 
 
 
 class Fusion:
-    """A consumer of face scores, eye scores and labels, plus a gauge and expiry loop."""
+    """A consumer of face scores, eye scores and labels, plus a gauge and calibration loop."""
 
     def __init__(self, settings: Settings, client: redis.Redis, name: str, stop: threading.Event) -> None:
         self.settings = settings
@@ -245,44 +303,76 @@ class Fusion:
         self.name = name
         self.stop = stop
         self.keys = Keys(settings.prefix)
-        self.policy = load_policy(settings)
+        self.policy = load_policy(settings.fusion)
         self.webhook = Webhook(settings.fusion.webhook_url, stop)
         self.baselines: dict[str, float | None] = {}
         """Camera -> calibration (``liveness.evidence.live_baseline``), refreshed from Redis."""
 
     def start(self) -> None:
-        """Start the consumer thread, then keep the gauges until stopped."""
+        """Consume, keep the gauges and deliver the webhook until stopped, or until one of them fails."""
         self.refresh_calibration()
-        consumer = FusionConsumer(self)
-        thread = threading.Thread(target=consumer.run, name="fusion:consumer", daemon=True)
-        thread.start()
+        crew = Crew(self.stop)
+        crew.start("fusion:consumer", FusionConsumer(self).run)
+        crew.start("fusion:gauges", self.keep_gauges)
+        if self.webhook.url:
+            crew.start("fusion:webhook", self.webhook.run, close=self.webhook.close)
         log.info("%s: policy %s, rule %s", self.name, self.policy.model_dump(), self.settings.fusion.rule)
+        crew.wait()
+
+    def keep_gauges(self) -> None:
+        """Every ``GAUGES_EVERY_S`` until stopped: calibrations, then gauges; Redis outages are waited out."""
         while not self.stop.wait(GAUGES_EVERY_S):
             try:
                 self.refresh_calibration()
                 self.update_gauges()
             except redis.RedisError as e:
                 log.warning("%s: gauges not updated (%s)", self.name, type(e).__name__)
-        thread.join(timeout=10)
-        self.webhook.close()
+
+    def reset(self, key: str, why: Exception | str) -> None:
+        """Delete a shared key found corrupt (it is rebuilt as tracks go on)."""
+        reset_keys(self.redis, key)
+        structure = key.removeprefix(self.settings.prefix + ":").split(":", 1)[0]
+        metrics.STATE_RESETS.labels(structure).inc()
+        log.warning("%s: %s reset: %s", self.name, key, why)
+
+    def read(self, key: str, read: Callable[[str], T], empty: T) -> T:
+        """``read(key)``; a key of another type is reset and read as ``empty``."""
+        try:
+            return read(key)
+        except redis.ResponseError as e:
+            if "WRONGTYPE" not in str(e):
+                raise
+            self.reset(key, e)
+            return empty
 
     def refresh_calibration(self) -> None:
         """Re-read every camera's live-labelled tracks (kept bounded) and recompute its calibration."""
-        cameras = sorted(c.decode() for c in self.redis.smembers(self.keys.calibrated))
+        cameras = []
+        for member in self.read(self.keys.calibrated, self.redis.smembers, set()):
+            try:
+                cameras.append(member.decode())
+            except UnicodeDecodeError:
+                continue  # not a camera any producer wrote: garbage
+        cameras.sort()
         reads = self.redis.pipeline(transaction=False)
         for camera in cameras:
             reads.zrange(self.keys.calibration(camera), 0, -1, withscores=True)
         baselines: dict[str, float | None] = {}
-        for camera, members in zip(cameras, reads.execute()):
+        for camera, members in zip(cameras, reads.execute(raise_on_error=False)):
+            key = self.keys.calibration(camera)
+            if isinstance(members, redis.ResponseError):
+                self.reset(key, members)
+                continue
             excess = len(members) - CALIBRATION_KEEP
             if excess > 0:
                 low, high = excess // 2, excess - excess // 2
-                self.redis.zremrangebyrank(self.keys.calibration(camera), len(members) - high, -1)
+                self.redis.zremrangebyrank(key, len(members) - high, -1)
                 if low:
-                    self.redis.zremrangebyrank(self.keys.calibration(camera), 0, low - 1)
+                    self.redis.zremrangebyrank(key, 0, low - 1)
                 members = members[low:len(members) - high]
-            baselines[camera] = live_baseline([score for _, score in members], self.policy)
-            metrics.CALIBRATION_TRACKS.labels(camera).set(len(members))
+            means = [score for _, score in members if math.isfinite(score)]  # +-inf: garbage, not a face
+            baselines[camera] = live_baseline(means, self.policy)
+            metrics.CALIBRATION_TRACKS.labels(camera).set(len(means))
             baseline = baselines[camera]
             metrics.LIVE_BASELINE.labels(camera).set(float("nan") if baseline is None else baseline)
         self.baselines = baselines
@@ -290,13 +380,19 @@ class Fusion:
     def update_gauges(self) -> None:
         """Expire idle tracks from the open set; recompute accuracy over the run and the window."""
         now = time.time()
-        self.redis.zremrangebyscore(self.keys.open_tracks, 0, now - self.settings.fusion.track_ttl_s)
-        metrics.TRACKS_OPEN.set(self.redis.zcard(self.keys.open_tracks))
+        ttl = self.settings.fusion.track_ttl_s
+
+        def open_tracks(key: str) -> int:
+            # idle tracks go; so do scores no fusion process writes (before 0, or beyond a clock skew)
+            self.redis.zremrangebyscore(key, "-inf", now - ttl)
+            self.redis.zremrangebyscore(key, f"({now + ttl}", "+inf")
+            return int(self.redis.zcard(key))
+
+        metrics.TRACKS_OPEN.set(self.read(self.keys.open_tracks, open_tracks, 0))
         run: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
-        for field, value in self.redis.hgetall(self.keys.accuracy).items():
-            camera, label, verdict = field.decode().split("|")
+        for camera, label, verdict, count in accuracy_counts(self.read(self.keys.accuracy, self.redis.hgetall, {})):
             for cam in (camera, "all"):
-                run[cam][(label, verdict)] = run[cam].get((label, verdict), 0) + int(value)
+                run[cam][(label, verdict)] = run[cam].get((label, verdict), 0) + count
         window: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
         start_id = f"{int((now - self.settings.fusion.window_s) * 1000)}-0"
         latest: dict[str, Decision] = {}
@@ -312,7 +408,7 @@ class Fusion:
                     window[cam][(d.label, d.verdict)] = window[cam].get((d.label, d.verdict), 0) + 1
         for name, table in (("run", run), ("sliding", window)):
             for cam, counts in table.items():
-                apcer, bpcer, attacks, lives = error_rates(counts)
+                apcer, bpcer, attacks, lives = verdict_rates(counts)
                 metrics.APCER.labels(cam, name).set(apcer)
                 metrics.BPCER.labels(cam, name).set(bpcer)
                 metrics.ACER.labels(cam, name).set((apcer + bpcer) / 2)

@@ -1,4 +1,4 @@
-"""Optional webhook: POST each decision as JSON, retried with backoff, off the consumer thread."""
+"""Optional webhook: POST each decision as JSON, retried with backoff, off the consumer thread (``run``)."""
 
 from __future__ import annotations
 
@@ -23,17 +23,14 @@ QUEUE_MAX = 10_000
 
 
 class Webhook:
-    """Sends decisions to ``url`` from a background thread; a no-op when ``url`` is None."""
+    """Queues decisions for ``run()``, which sends them to ``url``; a no-op when ``url`` is None."""
 
     def __init__(self, url: str | None, stop: threading.Event, timeout_s: float = 5.0) -> None:
         self.url = url
         self.stop = stop
         self.timeout_s = timeout_s
-        self._queue: queue.Queue[Decision | None] = queue.Queue(QUEUE_MAX)
-        self._thread: threading.Thread | None = None
-        if url:
-            self._thread = threading.Thread(target=self._loop, name="webhook", daemon=True)
-            self._thread.start()
+        self._queue: queue.Queue[Decision] = queue.Queue(QUEUE_MAX)
+        self._closed = threading.Event()
 
     def send(self, decision: Decision) -> None:
         if not self.url:
@@ -43,28 +40,35 @@ class Webhook:
         except queue.Full:
             metrics.WEBHOOK_FAILURES.inc()
 
-    def _loop(self) -> None:
+    def run(self) -> None:
+        """Deliver queued decisions until ``close()``, and then those still queued (once ``stop`` is set,
+        with one try each)."""
         while True:
-            decision = self._queue.get()
-            if decision is None:
-                return
-            body = json.dumps(asdict(decision)).encode()
-            delay = 0.5
-            for attempt in range(RETRIES):
-                try:
-                    req = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})  # type: ignore[arg-type]
-                    with urllib.request.urlopen(req, timeout=self.timeout_s):
-                        break
-                except OSError as e:
-                    if attempt == RETRIES - 1:
-                        metrics.WEBHOOK_FAILURES.inc()
-                        log.warning("webhook %s: decision for %s not delivered (%s)", redact_url(self.url or ""),
-                                    decision.track, type(e).__name__)
-                    elif self.stop.wait(delay):
-                        break
-                    delay *= 2
+            try:
+                decision = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if self._closed.is_set():
+                    return
+                continue
+            self._deliver(decision)
+
+    def _deliver(self, decision: Decision) -> None:
+        body = json.dumps(asdict(decision)).encode()
+        delay = 0.5
+        for attempt in range(RETRIES):
+            try:
+                req = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})  # type: ignore[arg-type]
+                with urllib.request.urlopen(req, timeout=self.timeout_s):
+                    return
+            except OSError as e:
+                if attempt == RETRIES - 1:
+                    metrics.WEBHOOK_FAILURES.inc()
+                    log.warning("webhook %s: decision for %s not delivered (%s)", redact_url(self.url or ""),
+                                decision.track, type(e).__name__)
+                elif self.stop.wait(delay):
+                    return
+                delay *= 2
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout=5)
+        """Ask ``run()`` to return once the queue is empty."""
+        self._closed.set()

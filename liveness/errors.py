@@ -17,6 +17,11 @@ class PoisonMessageError(MessageError):
     """A message that can never be processed (undecodable crop, NaN ratios): dead-letter it."""
 
 
+class CorruptStateError(LivenessError):
+    """State read back from Redis does not parse or breaks an invariant (an older schema, a partial
+    write, a hostile client): reset it, never read it as evidence."""
+
+
 class RetryableError(LivenessError):
     """A transient failure (Redis down, model busy): try again later."""
 

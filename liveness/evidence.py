@@ -13,6 +13,9 @@ its neutral point is ``face_margin`` log-odds above the median face score of tho
 tracks; an uncalibrated camera uses ``face_threshold``. A threshold chosen in one room
 rejects most live faces in a dimmer one; the distance between live faces and attacks
 carries across rooms much better (``models/artifacts/fusion.md``).
+
+Every path that decides (live fusion, ``evaluate --model fused``, clip jobs) takes its policy
+from ``load_policy``, so one config decides the same scores the same way everywhere.
 """
 
 from __future__ import annotations
@@ -24,7 +27,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from liveness.config import FusionSettings
+from liveness.defaults import artifact_path
+from liveness.errors import ConfigError, CorruptStateError
 
 Verdict = Literal["live", "spoof", "undecided"]
 
@@ -58,9 +65,28 @@ class Policy(BaseModel):
         return cls.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
+def load_policy(fusion: FusionSettings) -> Policy:
+    """The config's policy: the file ``fusion.policy`` (default: the one stored with the models, or
+    the documented defaults before one is), with ``fusion.spoof_threshold`` and
+    ``fusion.live_threshold`` over it."""
+    path = Path(fusion.policy) if fusion.policy else artifact_path("fusion.json")
+    if fusion.policy and not path.is_file():
+        raise ConfigError(f"fusion.policy: no such file {path}")
+    overrides = {"spoof_at": fusion.spoof_threshold, "live_at": fusion.live_threshold}
+    try:
+        stored = Policy.load(path).model_dump() if path.is_file() else {}
+        return Policy.model_validate({**stored, **{k: v for k, v in overrides.items() if v is not None}})
+    except (ValueError, ValidationError) as e:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"fusion policy {path} with the config's thresholds: {e}") from None
+
+
 def _logit(p: float) -> float:
     p = min(max(p, 1e-6), 1 - 1e-6)
     return math.log(p / (1 - p))
+
+
+_MAX_LOGIT = _logit(1.0)
+"""Largest log-odds of one score (scores are clipped to [1e-6, 1 - 1e-6])."""
 
 
 def _llr(p: float, threshold: float) -> float:
@@ -173,12 +199,45 @@ class TrackEvidence:
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> "TrackEvidence":
+        """The state ``to_hash`` wrote; fields it lacks (an older schema) keep their defaults.
+
+        CorruptStateError names the first field that does not parse or breaks an invariant of
+        ``add``: garbage must never be read as evidence.
+        """
         ev = cls()
         for f in fields(ev):
             value = raw.get(f.name.encode())
             if value is None:
                 continue
             default = getattr(ev, f.name)
-            text = value.decode()
-            setattr(ev, f.name, json.loads(text) if isinstance(default, list) else type(default)(text))
+            try:
+                text = value.decode()
+                setattr(ev, f.name, json.loads(text) if isinstance(default, list) else type(default)(text))
+            except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors too
+                kind = type(default).__name__
+                raise CorruptStateError(f"field {f.name}: {value[:40]!r} does not parse as {kind}") from None
+        problem = ev._invalid()
+        if problem:
+            raise CorruptStateError(problem)
         return ev
+
+    def _invalid(self) -> str | None:
+        """What breaks an invariant that ``add`` and ``decide`` keep, if anything."""
+        if self.label not in ("", "live", "spoof") or self.verdict not in ("live", "spoof", "undecided"):
+            return f"label {self.label[:20]!r} or verdict {self.verdict[:20]!r} unknown"
+        if min(self.face_n, self.eye_n, self.decisions) < 0:
+            return "a negative count"
+        numbers = (self.first_capture_ts, self.last_capture_ts, self.face_llr, self.face_logit, self.last_face,
+                   self.last_eye, self.first_decision_ts)
+        if not all(math.isfinite(x) for x in numbers):
+            return "a number that is not finite"
+        if (abs(self.face_llr) > LLR_CLIP * self.face_n + 1e-6
+                or abs(self.face_logit) > _MAX_LOGIT * self.face_n + 1e-6):
+            return f"face evidence {self.face_llr:g}, {self.face_logit:g} beyond what {self.face_n} scores carry"
+        if not (-1.0 <= self.last_face <= 1.0 and -1.0 <= self.last_eye <= 1.0):
+            return "a last score outside [0, 1]"
+        hist = self.eye_hist
+        if (not isinstance(hist, list) or len(hist) != EYE_BINS
+                or not all(type(c) is int and c >= 0 for c in hist) or sum(hist) != self.eye_n):
+            return f"eye_hist is not {EYE_BINS} counts summing to eye_n {self.eye_n}"
+        return None

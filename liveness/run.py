@@ -20,11 +20,11 @@ from pathlib import Path
 import yaml
 
 from fusion import service as fusion_service
+from fusion.decisions import tail
 from ingest.service import run_camera
 from liveness.config import Settings, load_settings
 from liveness.contract import Decision, Keys
 from liveness.demo import write_clip
-from liveness.errors import PoisonMessageError
 from liveness.localredis import PrivateRedis, answers
 from liveness.metrics import serve
 from liveness.redaction import redact_url
@@ -102,21 +102,8 @@ def process_specs(args: argparse.Namespace, settings: Settings, config: Path) ->
 def print_decisions(settings: Settings, stop: threading.Event) -> None:
     """Tail the decisions stream to the terminal."""
     client = connect(settings.redis)
-    stream = Keys(settings.prefix).stream(Decision)
-    last = "$"
-    while not stop.is_set():
-        try:
-            reply = client.xread({stream: last}, count=100, block=500)
-        except Exception as e:  # noqa: BLE001 - the display must survive a Redis restart
-            log.warning("run: decisions display paused (%s)", type(e).__name__)
-            stop.wait(1.0)
-            continue
-        for entry_id, fields in reply[0][1] if reply else []:
-            last = entry_id
-            try:
-                d = Decision.from_fields(fields)
-            except PoisonMessageError:
-                continue
+    for batch in tail(client, Keys(settings.prefix).stream(Decision), "$", follow=True, stop=stop):
+        for _, d in batch:
             latency = d.decided_ts - d.last_capture_ts
             print(f"{time.strftime('%H:%M:%S')}  {d.camera:<14} {d.track:<22} {d.verdict.upper():<6} "
                   f"confidence {d.confidence:.2f}  face {d.face_evidence:+.1f} eye {d.eye_evidence:+.1f}  "
@@ -126,21 +113,17 @@ def print_decisions(settings: Settings, stop: threading.Event) -> None:
 def show_table(settings: Settings, stop: threading.Event, every_s: float = 1.0) -> None:
     """A live terminal table: each camera's latest decision, running APCER/BPCER, latency."""
     client = connect(settings.redis)
-    stream = Keys(settings.prefix).stream(Decision)
     labels = {c.id: c.label for c in settings.cameras}
     latest: dict[str, Decision] = {}
     latencies: list[float] = []
-    last = "0-0"
-    while not stop.wait(every_s):
-        try:
-            for entry_id, fields in (client.xread({stream: last}, count=1000) or [[None, []]])[0][1]:
-                last = entry_id
-                d = Decision.from_fields(fields)
-                latest[d.camera] = d
-                latencies.append(d.decided_ts - d.last_capture_ts)
-        except Exception as e:  # noqa: BLE001 - the display must survive a Redis restart
-            log.warning("demo: table paused (%s)", type(e).__name__)
+    next_draw = 0.0
+    for batch in tail(client, Keys(settings.prefix).stream(Decision), follow=True, stop=stop):
+        for _, d in batch:
+            latest[d.camera] = d
+            latencies.append(d.decided_ts - d.last_capture_ts)
+        if time.monotonic() < next_draw:
             continue
+        next_draw = time.monotonic() + every_s
         attacks = [c for c, lab in labels.items() if lab == "spoof"]
         lives = [c for c, lab in labels.items() if lab == "live"]
         apcer = sum(latest[c].verdict == "live" for c in attacks if c in latest) / max(1, len(attacks))

@@ -1,10 +1,18 @@
 """The consumer loop every worker and fusion shares, on Redis Streams consumer groups.
 
 ``StreamConsumer.run()``: stop flag -> reclaim stale entries (XAUTOCLAIM) -> XREADGROUP ->
-``handle(batch)`` -> acknowledge. Subclasses override only ``handle()``, which returns the
-writes to commit; results and the XACK go out in one MULTI/EXEC, so a message is either
-fully done or will be delivered again. Messages delivered too often, or undecodable, go to
-the dead-letter stream with their reason.
+``handle(batch)`` -> commit. Subclasses override ``handle()``, which returns the writes to
+commit; results and the XACK go out in one MULTI/EXEC, so a message is either fully done or
+will be delivered again. A handler whose result depends on keys it reads calls ``watch()``
+before reading them: if another process changes them before the commit, the batch is handled
+again (optimistic locking, as redis-py's ``Redis.transaction``).
+
+Every failure ends in a dead letter or in the end of the process, never in a consumer that
+silently stopped. A message that cannot be processed is dead-lettered by ``handle()`` with its
+reason; one delivered too often is dead-lettered here. An exception out of ``handle()`` is a
+fault of the consumer, not of a message: it ends ``run()``, and with it the process (``Crew``
+for a consumer in a thread), so the supervisor restarts it; the batch stays pending and is
+handled again, one entry at a time, until ``max_deliveries``. Redis outages are waited out.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import redis
 from prometheus_client import Counter, Gauge, Histogram
@@ -33,12 +41,14 @@ HANDLE_SECONDS = Histogram("liveness_handle_seconds", "Time to handle one batch"
                            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
 LAG = Gauge("liveness_consumer_lag", "Entries not yet delivered to the group", ["group"])
 PENDING = Gauge("liveness_consumer_pending", "Entries delivered but not acknowledged", ["group"])
-HANDLE_ERRORS = Counter("liveness_handle_errors_total", "Batches that failed and were left for redelivery", ["group"])
+CONFLICTS = Counter("liveness_watch_conflicts_total", "Batches handled again because a watched key changed", ["group"])
 REDIS_ERRORS = Counter("liveness_redis_errors_total", "Redis failures seen by a consumer", ["group"])
 
 Entry = tuple[str, dict[bytes, bytes]]
 """(entry id, fields) of one stream entry."""
 Write = Callable[[redis.client.Pipeline], None]
+Failed = list[tuple[tuple[Any, ...], redis.ResponseError]]
+"""(command arguments, error) of each write that Redis refused in a committed transaction."""
 
 INFO_EVERY_S = 1.0
 """How often lag and pending are read from Redis, seconds."""
@@ -46,13 +56,21 @@ INFO_EVERY_S = 1.0
 DEAD_REASON_MAX = 500
 """Longest reason stored with a dead-lettered message, characters."""
 
+DEAD_REASONS = ("poison", "corrupt_state", "error", "max_deliveries")
+"""Kinds of dead letter, the ``reason`` label: a reason starts with its kind and a colon."""
+
+WATCH_RETRIES = 20
+"""Attempts at a batch while other processes keep changing the keys it watches."""
+
 
 @dataclass
 class Outcome:
-    """What ``handle()`` decided: writes to commit, and entries to dead-letter with their reason."""
+    """What ``handle()`` decided: writes to commit, entries to dead-letter with their reason, and
+    effects for after the commit (metrics, notifications), so a batch handled twice counts once."""
 
     writes: list[Write] = field(default_factory=list)
     dead: dict[str, str] = field(default_factory=dict)
+    after: list[Callable[[], None]] = field(default_factory=list)
 
 
 def consumer_name(role: str) -> str:
@@ -85,9 +103,10 @@ class StreamConsumer:
         self._next_claim = 0.0
         self._next_info = 0.0
         self._claim_cursor = {name: "0-0" for name in self.streams}
-        for family in (RECLAIMED, HANDLE_ERRORS, REDIS_ERRORS, PROCESSED):  # exported at 0 from the start
+        self._pipe: redis.client.Pipeline | None = None
+        for family in (RECLAIMED, CONFLICTS, REDIS_ERRORS, PROCESSED):  # exported at 0 from the start
             family.labels(group)
-        for reason in ("poison", "max_deliveries"):
+        for reason in DEAD_REASONS:
             DEAD.labels(group, reason)
 
     def ensure_group(self) -> None:
@@ -100,7 +119,7 @@ class StreamConsumer:
                     raise
 
     def run(self) -> None:
-        """Consume until ``stop`` is set; Redis outages are waited out, never fatal."""
+        """Consume until ``stop`` is set; Redis outages are waited out, a failing handler is raised."""
         log.info("%s: consuming %s as %s/%s", self.name, ", ".join(self.streams), self.group, self.name)
         ready = False
         while not self.stop.is_set():
@@ -121,6 +140,10 @@ class StreamConsumer:
                     continue
                 log.error("%s: Redis error: %s", self.name, e)
                 self.stop.wait(1.0)
+            except Exception as e:
+                log.critical("%s: %s: %s; the consumer stops, its batch stays pending", self.name,
+                             type(e).__name__, e)
+                raise
         self.teardown()
 
     def poll(self) -> int:
@@ -134,10 +157,11 @@ class StreamConsumer:
             self._next_claim = now + self.min_idle_ms / 4000.0
             for stream in self.streams:
                 self.stream = stream
-                entries = self.reclaim()
-                if entries:
-                    self.process(entries)
-                    handled += len(entries)
+                # delivered before and not acknowledged: one at a time, so an entry whose batch
+                # ended its consumer takes no other entry with it
+                for entry in self.reclaim():
+                    self.process([entry])
+                    handled += 1
         if handled:
             return handled
         reply = self.redis.xreadgroup(self.group, self.name, {s: ">" for s in self.streams}, count=self.batch_size,
@@ -176,27 +200,48 @@ class StreamConsumer:
         return keep
 
     def process(self, entries: list[Entry]) -> None:
-        """Handle and commit a batch; if ``handle`` fails, the batch stays pending for redelivery."""
+        """Handle and commit a batch, again while a key it watched changed before the commit."""
         t0 = time.perf_counter()
-        try:
-            outcome = self.handle(entries)
-        except redis.RedisError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a bad batch must not stop the worker
-            HANDLE_ERRORS.labels(self.group).inc()
-            log.error("%s: batch of %d failed (%s: %s); left for redelivery", self.name, len(entries),
-                      type(e).__name__, e)
+        for _ in range(WATCH_RETRIES):
+            with self.redis.pipeline(transaction=True) as pipe:
+                self._pipe = pipe
+                try:
+                    outcome = self.handle(entries)
+                    self.commit(outcome, entries, pipe)
+                except redis.WatchError:
+                    CONFLICTS.labels(self.group).inc()
+                    continue
+                finally:
+                    self._pipe = None
+            for effect in outcome.after:
+                effect()
+            BATCH.labels(self.group).observe(len(entries))
+            HANDLE_SECONDS.labels(self.group).observe(time.perf_counter() - t0)
             return
-        self.commit(outcome, entries)
-        BATCH.labels(self.group).observe(len(entries))
-        HANDLE_SECONDS.labels(self.group).observe(time.perf_counter() - t0)
+        log.warning("%s: batch of %d left for redelivery after %d conflicts", self.name, len(entries), WATCH_RETRIES)
 
-    def commit(self, outcome: Outcome, entries: list[Entry]) -> None:
-        """Write results, dead letters and the XACK of every entry in one transaction."""
-        pipe = self.redis.pipeline(transaction=True)
+    def watch(self, *keys: str) -> None:
+        """From ``handle()``, before reading ``keys``: if one changes before the commit, the batch is handled again."""
+        if self._pipe is None:
+            raise RuntimeError("watch() is for handle(), while a batch is processed")
+        self._pipe.watch(*keys)
+
+    def commit(self, outcome: Outcome, entries: list[Entry], pipe: redis.client.Pipeline | None = None) -> None:
+        """Write results, dead letters and the XACK of every entry in one transaction.
+
+        A write Redis refuses inside it (a key of another type) does not undo the others: it goes
+        to ``repair()``.
+        """
+        pipe = pipe or self.redis.pipeline(transaction=True)
+        if pipe.watching:
+            pipe.multi()
         self.queue_commit(pipe, outcome, entries)
-        pipe.execute()
+        queued = [args for args, _ in pipe.command_stack]
+        replies = pipe.execute(raise_on_error=False)
         PROCESSED.labels(self.group).inc(len(entries) - len(outcome.dead))
+        failed = [(args, reply) for args, reply in zip(queued, replies) if isinstance(reply, redis.ResponseError)]
+        if failed:
+            self.repair(failed)
 
     def queue_commit(self, pipe: redis.client.Pipeline, outcome: Outcome, entries: list[Entry]) -> None:
         """Queue results, dead letters and the XACK on ``pipe`` (which the caller executes)."""
@@ -208,7 +253,7 @@ class StreamConsumer:
                     b"reason": reason[:DEAD_REASON_MAX].encode(), b"group": self.group.encode()}
             dead.update({b"f:" + k: v for k, v in fields_by_id.get(entry_id, {}).items()})
             pipe.xadd(self.keys.dead(self.stream), dead, maxlen=self.dead_maxlen, approximate=True)
-            DEAD.labels(self.group, "max_deliveries" if reason.startswith("max_deliveries") else "poison").inc()
+            DEAD.labels(self.group, dead_reason(reason)).inc()
             log.warning("%s: dead-lettered %s: %s", self.name, entry_id, reason[:200])
         if outcome.dead and self.dead_retention_s:  # dead crops are biometric data too
             min_id = int((time.time() - self.dead_retention_s) * 1000)
@@ -230,12 +275,65 @@ class StreamConsumer:
         PENDING.labels(self.group).set(pending)
 
     def handle(self, entries: list[Entry]) -> Outcome:
-        """Process a batch; return what to write. Raise to leave the batch for redelivery."""
+        """Process a batch; return what to write and what to dead-letter. Raise only for a fault of the
+        consumer itself: the process ends and the batch is delivered again."""
         raise NotImplementedError
+
+    def repair(self, failed: Failed) -> None:
+        """Writes of a committed batch that Redis refused; a consumer that keeps state of its own in
+        Redis resets what was corrupt. Here: raised, as a Redis error of the loop."""
+        raise failed[0][1]
 
     def teardown(self) -> None:
         """Called once after the loop ends (the last batch is already acknowledged)."""
         log.info("%s: stopped", self.name)
+
+
+def dead_reason(reason: str) -> str:
+    """The ``reason`` label of a dead letter: its kind, before the first colon (``DEAD_REASONS``)."""
+    kind = reason.split(":", 1)[0].replace(" ", "_")
+    return kind if kind in DEAD_REASONS else "poison"
+
+
+class Crew:
+    """Threads of one process that end together.
+
+    When one returns or raises, ``stop`` is set so the others finish too, and ``wait()`` raises
+    the exception that ended one. Why: a process whose consumer thread died beside a live
+    metrics loop looks healthy, and no supervisor restarts it.
+    """
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self._members: list[tuple[threading.Thread, Callable[[], None] | None]] = []
+        self._errors: list[BaseException] = []
+
+    def start(self, name: str, target: Callable[[], object], close: Callable[[], None] | None = None) -> None:
+        """Run ``target`` in a thread; ``close`` asks it to return once ``stop`` is set (None: it watches ``stop``)."""
+        thread = threading.Thread(target=self._guard, args=(name, target), name=name, daemon=True)
+        self._members.append((thread, close))
+        thread.start()
+
+    def _guard(self, name: str, target: Callable[[], object]) -> None:
+        try:
+            target()
+        except BaseException as e:  # noqa: BLE001 - raised again by wait(), in the main thread
+            log.error("%s: ended by %s; stopping the process", name, type(e).__name__)
+            self._errors.append(e)
+        finally:
+            self.stop.set()
+
+    def wait(self, join_s: float = 30.0) -> None:
+        """Until ``stop`` is set; then let the threads finish, in start order, and raise what ended one, if anything."""
+        while not self.stop.wait(1.0):
+            pass
+        deadline = time.monotonic() + join_s
+        for thread, close in self._members:
+            if close is not None:
+                close()
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self._errors:
+            raise self._errors[0]
 
 
 def _text(value: bytes | str) -> str:

@@ -3,7 +3,9 @@
 Each sequence runs through ``workers.offline.OfflineAnalyzer`` (ingest's tracker and eye
 windows, the ONNX models, fusion's evidence and rule); the longest track's verdict is the
 sequence's decision, and "undecided" counts as not accepted. APCER/BPCER/ACER come from the
-verdicts; AUC and EER from the track's final evidence, as a ranking.
+verdicts; AUC and EER from the track's final evidence, as a ranking. The policy and the rule are
+the config's (``--config``: ``liveness.evidence.load_policy`` and ``fusion.rule``), as in live
+fusion and clip jobs.
 
 ``--calibrate subjects`` measures what a camera calibrated by its operator does: each
 capture session is a camera; its subjects are split in two halves (every other subject in
@@ -19,16 +21,15 @@ import math
 import statistics
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from liveness.config import CameraDefaults
+from liveness.config import CameraDefaults, load_settings
 from liveness.defaults import artifact_path
 from liveness.errors import LivenessError
-from liveness.evidence import Policy, live_baseline
+from liveness.evidence import Policy, live_baseline, load_policy
 from liveness.eyes import INPUT_SIZE
 from liveness.pad_metrics import pad_report
 from models.datasets import Sequence, load
@@ -138,25 +139,19 @@ def report(results: list[SequenceResult], policy: Policy, rule: str = "evidence"
     return out, labels, evidence
 
 
-def load_policy(path: str | None = None) -> Policy:
-    """The committed fusion policy (defaults when none is committed yet), or the one at ``path``."""
-    policy_path = artifact_path("fusion.json") if path is None else Path(path)
-    return Policy.load(policy_path) if policy_path.is_file() else Policy()
-
-
 def evaluate_fused(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     dataset = load(args.dataset, args.root, args.split)
     if not dataset.sequences:
         raise LivenessError(f"{args.root}: no sequences to evaluate")
-    policy = load_policy()
+    fusion = load_settings(args.config).fusion
+    policy = load_policy(fusion)
     face = str(args.face_model or artifact_path("face.onnx"))
     eye = str(args.eye_model or artifact_path("eye.onnx"))
-    results = analyze(dataset.sequences, face, eye, policy, getattr(args, "rule", "evidence"), args.workers)
-    calibrate = getattr(args, "calibrate", "none")
-    baselines = subject_half_baselines(results, policy) if calibrate == "subjects" else None
-    out, labels, scores = report(results, policy, getattr(args, "rule", "evidence"), baselines)
+    results = analyze(dataset.sequences, face, eye, policy, fusion.rule, args.workers)
+    baselines = subject_half_baselines(results, policy) if args.calibrate == "subjects" else None
+    out, labels, scores = report(results, policy, fusion.rule, baselines)
     out.update({"dataset": args.dataset, "split": args.split, "skipped": dataset.skipped, "threshold": 0.5,
-                "calibration": calibrate,
+                "calibration": args.calibrate,
                 "calibrated": sum(b is not None for b in baselines) if baselines else 0})
     return out, labels, scores
 
@@ -168,7 +163,7 @@ def evaluate_eye(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray, 
     face = str(args.face_model or artifact_path("face.onnx"))
     eye_path = str(args.eye_model or artifact_path("eye.onnx"))
     eye = OnnxModel(eye_path, input_shape=(INPUT_SIZE,))
-    results = analyze(dataset.sequences, face, eye_path, load_policy(), workers=args.workers)
+    results = analyze(dataset.sequences, face, eye_path, Policy(), workers=args.workers)  # scores only
     labels, scores = [], []
     for r in results:
         for _, _, kind, score in (r.track.events if r.track else []):

@@ -2,8 +2,10 @@
 
 ``liveness analyze FILE…`` enqueues one job per clip; ``liveness jobs-worker`` runs them
 with models loaded once (rq's SimpleWorker, no fork per job); ``liveness jobs`` lists them.
-Jobs and results travel as JSON (rq's JSONSerializer): nothing is ever unpickled. Clip
-paths must be readable by the jobs workers (shared storage on several machines).
+Jobs and results travel as JSON (rq's JSONSerializer): nothing is ever unpickled. A job names
+its clip and the config of whoever queued it, whose fusion policy and rule decide the clip
+(``liveness.evidence.load_policy``, as live fusion decides); both paths must be readable by
+the jobs workers (shared storage on several machines).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from rq.serializers import JSONSerializer
 from liveness.config import load_settings
 from liveness.defaults import artifact_path
 from liveness.errors import LivenessError
-from liveness.evidence import Policy
+from liveness.evidence import load_policy
 from liveness.eyes import INPUT_SIZE
 from liveness.redisconn import connect
 from workers.offline import OfflineAnalyzer
@@ -44,16 +46,16 @@ def queue(settings_path: str | None) -> Queue:
     return Queue(f"{settings.prefix}-clips", connection=connect(settings.redis), serializer=JSONSerializer)
 
 
-@lru_cache(maxsize=1)
-def analyzer() -> OfflineAnalyzer:
-    """Models loaded once per jobs worker."""
-    policy_path = artifact_path("fusion.json")
-    policy = Policy.load(policy_path) if policy_path.is_file() else Policy()
+@lru_cache(maxsize=4)
+def analyzer(config: str | None) -> OfflineAnalyzer:
+    """Models loaded once per jobs worker, deciding under the fusion policy and rule of ``config``."""
+    fusion = load_settings(config).fusion
     return OfflineAnalyzer(OnnxModel(artifact_path("face.onnx"), input_shape=FACE_INPUT_SHAPE),
-                           OnnxModel(artifact_path("eye.onnx"), input_shape=(INPUT_SIZE,)), policy)
+                           OnnxModel(artifact_path("eye.onnx"), input_shape=(INPUT_SIZE,)), load_policy(fusion),
+                           rule=fusion.rule)
 
 
-def analyze_clip(path: str) -> dict[str, object]:
+def analyze_clip(path: str, config: str | None = None) -> dict[str, object]:
     """The job: per-track decisions of one clip, and the clip's decision (its longest track)."""
     from models.datasets import Sequence  # reads videos with rotation metadata honoured
 
@@ -61,7 +63,7 @@ def analyze_clip(path: str) -> dict[str, object]:
     if not clip.is_file():
         raise LivenessError(f"clip {path}: no such file on this worker")
     t0 = time.time()
-    tracks = analyzer().analyze(Sequence(clip.name, "live", video=clip).read())
+    tracks = analyzer(config).analyze(Sequence(clip.name, "live", video=clip).read())
     decision = tracks[0].verdict if tracks else "undecided"
     return {
         "clip": str(clip), "decision": decision, "seconds": round(time.time() - t0, 2),
@@ -71,8 +73,10 @@ def analyze_clip(path: str) -> dict[str, object]:
 
 def run_analyze(args: argparse.Namespace) -> int:
     q = queue(args.config)
-    jobs = [q.enqueue(analyze_clip, str(Path(f).resolve()), job_timeout=JOB_TIMEOUT_S, result_ttl=RESULT_TTL_S,
-                      failure_ttl=RESULT_TTL_S, retry=Retry(max=2, interval=[5, 30]), description=f"analyze {f}")
+    config = str(Path(args.config).resolve()) if args.config else None
+    jobs = [q.enqueue(analyze_clip, str(Path(f).resolve()), config, job_timeout=JOB_TIMEOUT_S,
+                      result_ttl=RESULT_TTL_S, failure_ttl=RESULT_TTL_S, retry=Retry(max=2, interval=[5, 30]),
+                      description=f"analyze {f}")
             for f in args.files]
     for job in jobs:
         print(f"queued {job.id} {job.args[0]}")

@@ -186,6 +186,7 @@ def _train_fusion(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(p: argparse.ArgumentParser) -> None:
+    _config(p)  # fused: the fusion policy, its threshold overrides and the rule, as live fusion uses them
     p.add_argument("--model", choices=["face", "eye", "fused"], required=True)
     p.add_argument("--dataset", choices=["nuaa", "folders"], required=True)
     p.add_argument("--root", required=True)

@@ -165,6 +165,38 @@ def test_live_labels_calibrate_their_camera_only(r: redis.Redis, prefix: str, tm
         stop(proc)
 
 
+def test_corrupt_track_state_is_dead_lettered_and_reset(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
+    """A state field that does not parse (an older schema, a partial write, a hostile client): the score
+    for that track goes to the dead letters with the reason, the track starts again, fusion goes on."""
+    keys = Keys(prefix)
+    port = free_port()
+    proc = start(config(tmp_path, prefix, port))
+    try:
+        r.hset(keys.track_state("bad"), mapping={"camera": "cam1", "face_n": "not-a-number"})
+        face(r, keys, "cam1", "bad", 0, 0.97)
+        for frame in range(4):
+            face(r, keys, "cam1", "good", frame, 0.97)
+        dead = wait_for(lambda: r.xrange(keys.dead(keys.stream(FaceScore))), timeout_s=30)
+        wait_for(lambda: "good" in {d.track for d in decisions(r, keys)}, timeout_s=30)
+        assert not r.exists(keys.track_state("bad")), "the corrupt state was reset"
+        for frame in range(1, 5):  # the track goes on from a fresh state
+            face(r, keys, "cam1", "bad", frame, 0.97)
+        wait_for(lambda: "bad" in {d.track for d in decisions(r, keys)}, timeout_s=30)
+        # no thread is left dead: the gauges see both tracks open, after the corrupt state was met
+        wait_for(lambda: metric(port, "liveness_tracks_open") == 2, timeout_s=15)
+        assert metric(port, 'liveness_messages_dead_lettered_total{group="%s",reason="corrupt_state"}'
+                      % keys.group("fusion")) == 1
+        assert proc.poll() is None
+        assert r.xpending(keys.stream(FaceScore), keys.group("fusion"))["pending"] == 0
+    finally:
+        out = stop(proc)
+    assert len(dead) == 1 and dead[0][1][b"f:track"] == b"bad"
+    reason = dead[0][1][b"reason"].decode()
+    assert reason.startswith("corrupt state:") and "face_n" in reason and "not-a-number" in reason, reason
+    assert TrackEvidence.from_hash(r.hgetall(keys.track_state("bad"))).face_n == 4
+    assert "Traceback" not in out
+
+
 def test_restart_mid_run_neither_loses_nor_repeats_decisions(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
     keys = Keys(prefix)
     cfg = config(tmp_path, prefix)

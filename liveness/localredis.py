@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import redis
 
@@ -24,7 +26,12 @@ def free_port() -> int:
 
 
 class PrivateRedis:
-    """``redis-server`` on a free loopback port, keeping nothing on disk; stopped on exit."""
+    """``redis-server`` on a free loopback port, keeping nothing on disk; stopped on exit.
+
+    It wants a password made up at start: any local user can reach a loopback port. The password
+    reaches redis-server in a config file only we can read (never on its command line, which
+    ``ps`` shows) and the children in ``url``, which must not be logged unredacted.
+    """
 
     def __init__(self) -> None:
         binary = shutil.which("redis-server")
@@ -32,17 +39,19 @@ class PrivateRedis:
             raise LivenessError("no Redis configured and redis-server is not installed "
                                 "(Debian/Ubuntu: apt-get install redis-server)")
         self.port = free_port()
+        password = secrets.token_urlsafe(32)
         self._dir = tempfile.TemporaryDirectory(prefix="liveness-redis-")
-        self._proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self._dir.name, "--maxmemory", "512mb", "--maxmemory-policy", "noeviction"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        config = Path(self._dir.name) / "redis.conf"
+        config.touch(mode=0o600)
+        config.write_text(f"port {self.port}\nbind 127.0.0.1\nrequirepass {password}\nsave \"\"\nappendonly no\n"
+                          f"dir {self._dir.name}\nmaxmemory 512mb\nmaxmemory-policy noeviction\n")
+        self._proc = subprocess.Popen([binary, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"redis://:{password}@127.0.0.1:{self.port}/0"
         client = redis.Redis.from_url(self.url)
         for _ in range(100):
             try:
                 client.ping()
-                log.info("private Redis on 127.0.0.1:%d", self.port)
+                log.info("private Redis on 127.0.0.1:%d, with a password", self.port)
                 return
             except redis.ConnectionError:
                 time.sleep(0.05)

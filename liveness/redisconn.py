@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -33,8 +34,17 @@ def connect(settings: RedisSettings) -> redis.Redis:
     return redis.Redis.from_url(settings.url, **kwargs)
 
 
+def username(url: str) -> str:
+    """The ACL user a Redis URL logs in as: ``default`` when it names none."""
+    return unquote(urlsplit(url).username or "") or "default"
+
+
 def wait_until_up(client: redis.Redis, who: str, url: str, stop: threading.Event | None = None) -> bool:
-    """Ping until Redis answers, backing off to ``BACKOFF_CAP_S``; False if ``stop`` was set first."""
+    """Ping until Redis answers, backing off to ``BACKOFF_CAP_S``; False if ``stop`` was set first.
+
+    Refused credentials are retried as well, each refusal logged with the user name (never the
+    password): the password may be rotated in Redis and in the service at different moments.
+    """
     delay = 0.1
     warned = False
     while stop is None or not stop.is_set():
@@ -43,12 +53,14 @@ def wait_until_up(client: redis.Redis, who: str, url: str, stop: threading.Event
             if warned:
                 log.info("%s: Redis at %s is back", who, redact_url(url))
             return True
+        except redis.AuthenticationError:  # before ConnectionError, its base class
+            log.error("%s: Redis at %s: authentication failed for user %s; retrying in %.1f s",
+                      who, redact_url(url), username(url), delay)
+            warned = True
         except (redis.ConnectionError, redis.TimeoutError) as e:
             if not warned:
                 log.warning("%s: Redis at %s not answering (%s); waiting", who, redact_url(url), type(e).__name__)
                 warned = True
-        except redis.AuthenticationError as e:
-            log.error("%s: Redis at %s refused the credentials: %s; retrying", who, redact_url(url), e)
         if stop is not None:
             stop.wait(delay)
         else:

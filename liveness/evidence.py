@@ -30,6 +30,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from liveness.config import FusionSettings
+from liveness.contract import _ID as CONTRACT_ID
 from liveness.defaults import artifact_path
 from liveness.errors import ConfigError, CorruptStateError
 
@@ -225,6 +226,8 @@ class TrackEvidence:
         """What breaks an invariant that ``add`` and ``decide`` keep, if anything."""
         if self.label not in ("", "live", "spoof") or self.verdict not in ("live", "spoof", "undecided"):
             return f"label {self.label[:20]!r} or verdict {self.verdict[:20]!r} unknown"
+        if self.camera and not CONTRACT_ID.fullmatch(self.camera):  # it goes into keys, decisions and metrics
+            return f"camera {self.camera[:20]!r} is not an id the stream contract allows"
         if min(self.face_n, self.eye_n, self.decisions) < 0:
             return "a negative count"
         numbers = (self.first_capture_ts, self.last_capture_ts, self.face_llr, self.face_logit, self.last_face,

@@ -2,8 +2,8 @@
 
 ``StreamConsumer.run()``: stop flag -> reclaim stale entries (XAUTOCLAIM) -> XREADGROUP ->
 ``handle(batch)`` -> commit. Subclasses override ``handle()``, which returns the writes to
-commit; results and the XACK go out in one MULTI/EXEC, so a message is either fully done or
-will be delivered again. A handler whose result depends on keys it reads calls ``watch()``
+commit (and ``repair()`` if they keep state of their own in Redis); results and the XACK go out
+in one MULTI/EXEC, so a message is either fully done or will be delivered again. A handler whose result depends on keys it reads calls ``watch()``
 before reading them: if another process changes them before the commit, the batch is handled
 again (optimistic locking, as redis-py's ``Redis.transaction``).
 

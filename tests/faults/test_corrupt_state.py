@@ -124,6 +124,8 @@ def test_garbage_in_fusion_state_never_stops_fusion(r: redis.Redis, prefix: str,
         wait_for(lambda: all(r.type(k).decode() in KINDS | {"none"} for k in _read_by_gauges(r, keys)),
                  timeout_s=15)  # a key of another type is reset
         assert math.isfinite(metric(port, 'liveness_live_baseline_logodds{camera="gauged"}'))
+        for _, f in r.xrange(keys.stream(Decision)):
+            Decision.from_fields(f)  # every decision fusion wrote keeps the contract, garbage or not
         assert proc.poll() is None
     finally:
         out = stop(proc)

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import cv2
 import pytest
 import redis
 import yaml
@@ -24,8 +23,8 @@ from liveness.evidence import Policy
 from liveness.run import process_specs
 from liveness.streams import Entry, Outcome
 from liveness.supervisor import ProcessSpec, Supervisor
-from tests.conftest import REDIS_URL, nuaa_sequence
-from tests.fixtures import crop_message
+from tests.conftest import REDIS_URL
+from tests.fixtures import crop_message, real_crops
 from workers.eye import EyeWorker
 from workers.face import FaceWorker
 
@@ -68,8 +67,7 @@ def test_a_fault_in_each_handler_ends_its_process_and_the_supervisor_restarts_it
         "fusion": {"policy": str(policy)},
     }))
     # one message for each service, there before its group is made (groups start at the stream's start)
-    jpeg = cv2.imencode(".jpg", cv2.imread(str(nuaa_sequence("ClientRaw/0001_00_00_01")[0])))[1].tobytes()
-    crop = r.xadd(keys.stream(FaceCrop), crop_message(jpeg, "cam", "cam:1:1", 1).to_fields()).decode()
+    crop = r.xadd(keys.stream(FaceCrop), crop_message(real_crops("live")[0], "cam", "cam:1:1", 1).to_fields()).decode()
     window = [[0.3, 0.3]] * 10
     eye = r.xadd(keys.stream(EyeSample), EyeSample("cam", "cam:1:2", 1, 1.0, 1.0, (0, 0, 9, 9), 0.3, 0.3, 0.3,
                                                    window, 10.0).to_fields()).decode()

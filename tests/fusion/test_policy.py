@@ -48,8 +48,9 @@ def test_live_fusion_evaluate_and_clip_jobs_decide_alike(r: redis.Redis, prefix:
     try:
         for frame, score in enumerate(SCORES):
             face(r, keys, "cam", "t", frame, score)
-        wait_for(lambda: [g for g in r.xinfo_groups(keys.stream(FaceScore)) if g["name"].decode() == keys.group("fusion")
-                          and not (g["pending"] or g["lag"])], timeout_s=30)
+        group = keys.group("fusion")
+        wait_for(lambda: [g for g in r.xinfo_groups(keys.stream(FaceScore))
+                          if g["name"].decode() == group and not (g["pending"] or g["lag"])], timeout_s=30)
     finally:
         stop(proc)
     live = [d.verdict for d in decisions(r, keys) if d.track == "t"]

@@ -1,15 +1,15 @@
 """Offline checks of deploy/, docker-compose.yml and the Dockerfile: no daemon, no cluster.
 
 Compose is checked by ``docker-compose config`` (Debian's docker-compose), Prometheus files
-and the dashboard's PromQL by ``promtool``, k8s manifests by their cross-references and,
-when ``kubernetes-validate`` is installed, by the Kubernetes schemas.
+and the dashboard's PromQL by ``promtool``, k8s manifests by their cross-references, by
+``kubectl kustomize`` and, when ``kubernetes-validate`` is installed, by the Kubernetes schemas.
+What they let onto the network, and whether their Redis wants a password: test_security.py.
 """
 
 from __future__ import annotations
 
 import importlib
 import re
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -25,10 +25,9 @@ from liveness.cli import COMMANDS
 from liveness.config import load_settings
 from liveness.contract import EyeSample, FaceCrop, Keys
 from liveness.defaults import METRICS_PORT
+from tests.deploy.conftest import COMPOSE_SECRETS, K8S, ROOT, by_kind, kustomize, manifests, secret_docs, tool
 
-ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-K8S = DEPLOY / "k8s"
 CONFIG_IN_CONTAINER = "/etc/liveness/config.yaml"
 LIVENESS_SERVICES = ("ingest", "face-worker", "eye-worker", "fusion")
 WORKER_STREAMS = {"face-worker": (FaceCrop, "face-workers"), "eye-worker": (EyeSample, "eye-workers")}
@@ -48,27 +47,7 @@ DASHBOARD_METRICS = {
 """What the dashboard must show (issue 6, deploy/)."""
 
 
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed (Debian package {'prometheus' if name == 'promtool' else name})")
-    return path
-
-
-def yaml_docs(path: Path) -> list[dict]:
-    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
-
-
 # --- docker-compose -----------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def compose() -> dict:
-    """``docker-compose config``: the file validated and normalised (paths made absolute)."""
-    proc = subprocess.run([tool("docker-compose"), "-f", str(ROOT / "docker-compose.yml"), "config"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"docker-compose config failed:\n{proc.stderr}"
-    return yaml.safe_load(proc.stdout)
-
 
 def volumes(service: dict) -> dict[str, str]:
     """Container path -> volume name or host path, for both volume syntaxes."""
@@ -109,7 +88,10 @@ def test_compose_config_validates(compose: dict, name: str) -> None:
     svc = services[name]
     environ = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
     settings = load_settings(mounts(svc)[CONFIG_IN_CONTAINER], environ=environ)
-    assert urlsplit(settings.redis.url).hostname in services, settings.redis.url
+    url = urlsplit(settings.redis.url)
+    assert url.hostname in services, settings.redis.url
+    assert (url.username, url.password) == ("liveness", COMPOSE_SECRETS["LIVENESS_REDIS_PASSWORD"])
+    assert settings.metrics.host == "0.0.0.0", "Prometheus scrapes the containers over the compose network"
     assert settings.cameras, "the compose config has a camera"
     for cam in settings.cameras:
         if isinstance(cam.source, str) and cam.source.startswith("rtsp://"):
@@ -217,15 +199,6 @@ def test_panel_queries_fill_variables() -> None:
 
 # --- Kubernetes ----------------------------------------------------------------------------
 
-def manifests() -> list[dict]:
-    files = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
-    return [doc for path in files for doc in yaml_docs(path)]
-
-
-def by_kind(kind: str) -> dict[str, dict]:
-    return {d["metadata"]["name"]: d for d in manifests() if d["kind"] == kind}
-
-
 def test_manifests_parse_and_are_named() -> None:
     docs = manifests()
     assert docs
@@ -239,8 +212,14 @@ def test_kustomization_lists_every_manifest() -> None:
     assert set(kustomization["resources"]) == files
 
 
+def test_kustomize_builds_the_manifests() -> None:
+    built = kustomize(K8S)
+    assert {(d["kind"], d["metadata"]["name"]) for d in built} == {(d["kind"], d["metadata"]["name"]) for d in manifests()}
+    assert all(d["metadata"].get("namespace") == "liveness" for d in built if d["kind"] != "Namespace")
+
+
 @pytest.mark.parametrize("name", LIVENESS_SERVICES)
-def test_deployment(name: str) -> None:
+def test_deployment(name: str, k8s_secrets: dict[str, dict[str, str]]) -> None:
     deployment = by_kind("Deployment")[name]
     pod = deployment["spec"]["template"]
     labels = pod["metadata"]["labels"]
@@ -259,21 +238,24 @@ def test_deployment(name: str) -> None:
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     config_volume = next(n for n, p in mounted.items() if config_path.startswith(p + "/"))
     assert volumes[config_volume]["configMap"]["name"] in by_kind("ConfigMap")
-    secrets = by_kind("Secret")
     for env in container["env"]:
         ref = env["valueFrom"]["secretKeyRef"]
-        assert ref["key"] in secrets[ref["name"]]["stringData"], f"{name}: env {env['name']}"
+        assert ref["key"] in k8s_secrets[ref["name"]], f"{name}: env {env['name']}"
     assert any(e["name"] == "LIVENESS_REDIS__URL" for e in container["env"])
 
 
-def test_configmap_config_validates(tmp_path: Path) -> None:
+def test_configmap_config_validates(tmp_path: Path, k8s_secrets: dict[str, dict[str, str]]) -> None:
     (configmap,) = by_kind("ConfigMap").values()
     path = tmp_path / "config.yaml"
     path.write_text(configmap["data"]["config.yaml"], encoding="utf-8")
-    secret = by_kind("Secret")["liveness-redis"]["stringData"]
+    secret = k8s_secrets["liveness-redis"]
     settings = load_settings(path, environ={"LIVENESS_REDIS__URL": secret["url"]})
     assert settings.redis.url == secret["url"] and settings.cameras
-    assert f"{urlsplit(secret['url']).hostname}:{urlsplit(secret['url']).port}" == secret["address"]
+    url = urlsplit(secret["url"])
+    assert f"{url.hostname}:{url.port}" == secret["address"]
+    assert (url.username, url.password) == (secret["username"], secret["password"])
+    assert url.hostname in by_kind("Service"), "the URL names the redis Service"
+    assert settings.metrics.host == "0.0.0.0", "Prometheus scrapes the pods from elsewhere"
 
 
 def test_services_select_pods() -> None:
@@ -304,10 +286,11 @@ def test_scaled_object_scales_on_its_group(name: str) -> None:
 
 def test_manifests_match_kubernetes_schemas() -> None:
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
-    for doc in manifests():
+    for doc in manifests() + kustomize(K8S, "tls") + secret_docs():
         if doc["apiVersion"].startswith("keda.sh/"):
-            continue  # a CRD: no schema bundled; checked above
+            continue  # a CRD: no schema bundled; checked above and in test_security.py
         kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
 
 
 # --- image -------------------------------------------------------------------------------------

@@ -40,7 +40,9 @@ class RedisSettings(Section):
 
 class MetricsSettings(Section):
     port: int = Field(defaults.METRICS_PORT, ge=0, le=65535, description="First metrics port; 0 disables")
-    host: str = Field("0.0.0.0", description="Address the /metrics endpoints listen on")
+    host: str = Field("127.0.0.1", description=(
+        "Address the /metrics endpoints listen on; loopback unless a Prometheus on another host scrapes them "
+        "(0.0.0.0)"))
 
 
 class StreamSettings(Section):

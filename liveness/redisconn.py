@@ -39,6 +39,14 @@ def username(url: str) -> str:
     return unquote(urlsplit(url).username or "") or "default"
 
 
+def failure(error: redis.RedisError, url: str) -> str:
+    """What to log of a failed Redis call: whose authentication failed, else the error's type
+    (messages may quote what was sent, passwords included)."""
+    if isinstance(error, redis.AuthenticationError):
+        return f"authentication failed for user {username(url)}"
+    return type(error).__name__
+
+
 def wait_until_up(client: redis.Redis, who: str, url: str, stop: threading.Event | None = None) -> bool:
     """Ping until Redis answers, backing off to ``BACKOFF_CAP_S``; False if ``stop`` was set first.
 
@@ -53,9 +61,8 @@ def wait_until_up(client: redis.Redis, who: str, url: str, stop: threading.Event
             if warned:
                 log.info("%s: Redis at %s is back", who, redact_url(url))
             return True
-        except redis.AuthenticationError:  # before ConnectionError, its base class
-            log.error("%s: Redis at %s: authentication failed for user %s; retrying in %.1f s",
-                      who, redact_url(url), username(url), delay)
+        except redis.AuthenticationError as e:  # before ConnectionError, its base class
+            log.error("%s: Redis at %s: %s; retrying in %.1f s", who, redact_url(url), failure(e, url), delay)
             warned = True
         except (redis.ConnectionError, redis.TimeoutError) as e:
             if not warned:

@@ -336,8 +336,10 @@ def test_services_run_as_the_acl_user_and_nothing_more(k8s_secrets: dict, tmp_pa
     refused_beyond_the_list(redis.Redis.from_url(url))
 
 
-def test_a_wrong_password_is_named_retried_and_a_rotation_picked_up(k8s_secrets: dict, tmp_path: Path,
-                                                                    manifest_redis: list) -> None:
+def test_refused_credentials_are_named_and_retried(k8s_secrets: dict, tmp_path: Path, manifest_redis: list) -> None:
+    """Each service, started with a wrong password, names the user and backs off; takes the
+    password once Redis does (a rotation's first step); and when its user is dropped mid-run,
+    names it again instead of failing."""
     ((pod, container),) = redis_containers(manifests())
     (tmp_path / "redis").mkdir()
     server = k8s_redis(pod, container, k8s_secrets, tmp_path / "redis")
@@ -350,8 +352,9 @@ def test_a_wrong_password_is_named_retried_and_a_rotation_picked_up(k8s_secrets:
     logs = {name: tmp_path / f"{name}.log" for name in LIVENESS_SERVICES}
     procs = {}
     for name in LIVENESS_SERVICES:
+        loop = ["--loop"] if name == "ingest" else []
         with logs[name].open("w") as out:
-            procs[name] = subprocess.Popen(liveness_cmd(name, "--config", str(config)), env=env, stdout=out,
+            procs[name] = subprocess.Popen(liveness_cmd(name, *loop, "--config", str(config)), env=env, stdout=out,
                                            stderr=subprocess.STDOUT)
     failed = "authentication failed for user liveness; retrying in"
     try:
@@ -367,6 +370,12 @@ def test_a_wrong_password_is_named_retried_and_a_rotation_picked_up(k8s_secrets:
         admin.execute_command("ACL", "SETUSER", "liveness", f">{wrong}")  # the first step of a rotation
         wait_for(lambda: all("is back" in logs[n].read_text() for n in LIVENESS_SERVICES), timeout_s=30,
                  every_s=0.5)
+        wait_for(lambda: admin.exists(Keys(Settings().prefix).stream(Decision)), timeout_s=120)
+        seen = {name: len(logs[name].read_text()) for name in LIVENESS_SERVICES}
+        admin.execute_command("ACL", "DELUSER", "liveness")  # closes its connections: every service logs in again
+        wait_for(lambda: all("authentication failed for user liveness" in logs[n].read_text()[seen[n]:]
+                             for n in LIVENESS_SERVICES), timeout_s=60, every_s=0.5)
+        assert all(p.poll() is None for p in procs.values()), "nobody gave up"
     finally:
         for proc in procs.values():
             proc.send_signal(signal.SIGTERM)

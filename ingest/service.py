@@ -27,7 +27,7 @@ from liveness.face import FacePipeline, crop_jpeg
 from liveness.lifecycle import stop_on_signals
 from liveness.metrics import serve
 from liveness.pacing import FramePacer, sends
-from liveness.redisconn import connect, wait_until_up
+from liveness.redisconn import connect, failure, wait_until_up
 from liveness.supervisor import ProcessSpec, Supervisor
 from liveness.tracking import FaceTracker, Track
 
@@ -298,7 +298,8 @@ class IngestService:
             pipe.execute()
         except redis.RedisError as e:
             metrics.PUBLISH_ERRORS.labels(cam).inc(len(messages))
-            log.warning("%s: Redis write failed (%s); retrying in %.1f s", self.who, type(e).__name__, self._redis_backoff)
+            log.warning("%s: Redis write failed (%s); retrying in %.1f s", self.who, failure(e, self.settings.redis.url),
+                        self._redis_backoff)
             self._redis_retry_at = now + self._redis_backoff
             self._redis_backoff = min(self._redis_backoff * 2, 5.0)
             return

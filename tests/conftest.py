@@ -19,6 +19,18 @@ SHARED = Path(os.environ.get("LIVENESS_SHARED", ROOT.parent / "shared"))
 NUAA = SHARED / "data" / "nuaa-train"
 REDIS_URL = os.environ.get("LIVENESS_TEST_REDIS", "redis://127.0.0.1:6379/0")
 SYSTEM_PYTHON = os.environ.get("LIVENESS_SYSTEM_PYTHON", "/usr/bin/python3")
+SLOW = os.environ.get("LIVENESS_SLOW") == "1"
+"""Run the tests marked ``slow`` (minutes each, e.g. the 10-minute soak); the default run stays short."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``slow`` tests unless LIVENESS_SLOW=1: each has a short counterpart in the default run."""
+    if SLOW:
+        return
+    skip = pytest.mark.skip(reason="slow: runs with LIVENESS_SLOW=1")
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(skip)
 
 
 def free_port() -> int:

@@ -12,12 +12,17 @@ import pytest
 import redis
 import yaml
 
-from liveness.contract import EyeSample, FaceCrop, Keys
+from liveness.contract import EyeSample, EyeScore, FaceCrop, FaceScore, Keys
 from tests.conftest import NUAA, REDIS_URL, RtspServer, free_port, liveness_cmd, wait_for
 from tests.ingest.test_ingest import metric
 
 SOAK_S = float(os.environ.get("LIVENESS_SOAK_S", "600"))
-"""Length of the soak, seconds (the issue asks for 10 minutes)."""
+"""Length of the long soak (LIVENESS_SLOW=1), seconds (the issue asks for 10 minutes)."""
+
+SHORT_SOAK_S = 45.0
+"""Length of the soak of every run, seconds. Once every camera is scored, each process of the
+pipeline grew by under 1 % in 45 s (measured: under 0.5 MB of 130-180 MB over 280 s), while
+keeping one face crop per frame would add about 10 %."""
 
 
 def rss_kb(pid: int) -> int:
@@ -25,6 +30,11 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process under ``pid``: the pipeline's services are children of its fork server, not of ``run``."""
+    return [p for child in children(pid) for p in (child, *descendants(child))]
 
 
 def children(pid: int) -> list[int]:
@@ -109,8 +119,11 @@ def test_camera_that_never_comes_back_leaves_the_others_alone(rtsp: RtspServer, 
     assert "ingest gone" in out and "Traceback" not in out
 
 
-@pytest.mark.timeout(SOAK_S + 300)
-def test_soak_memory_stays_flat(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("seconds", "growth"), [
+    pytest.param(SHORT_SOAK_S, 0.05, id="short"),
+    pytest.param(SOAK_S, 0.10, id="long", marks=[pytest.mark.slow, pytest.mark.timeout(SOAK_S + 300)]),
+])
+def test_soak_memory_stays_flat(r: redis.Redis, prefix: str, tmp_path: Path, seconds: float, growth: float) -> None:
     base = tmp_path / "base.yaml"
     base.write_text(yaml.safe_dump({"prefix": prefix, "redis": {"url": REDIS_URL}, "metrics": {"port": 0}}))
     cams = tmp_path / "cameras.yaml"
@@ -123,15 +136,22 @@ def test_soak_memory_stays_flat(r: redis.Redis, prefix: str, tmp_path: Path) -> 
         assert line, "replay did not start"
     run = subprocess.Popen(liveness_cmd("run", "--config", str(cams)), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
+    keys = Keys(prefix)
+
+    def scored(kind: type[FaceScore] | type[EyeScore]) -> set[str]:
+        return {kind.from_fields(f).camera for _, f in r.xrevrange(keys.stream(kind), count=500)}
+
     try:
-        time.sleep(min(90.0, SOAK_S / 4))  # warm-up: models loaded, streams at their bounds
-        warm = {pid: rss_kb(pid) for pid in children(run.pid)}
-        time.sleep(SOAK_S)
-        end = {pid: rss_kb(pid) for pid in children(run.pid)}
+        wait_for(lambda: len(scored(FaceScore)) == len(scored(EyeScore)) == 4, timeout_s=180, every_s=1)
+        time.sleep(min(90.0, seconds / 4))  # warm-up: allocator pools and track state at their working size
+        warm = {pid: rss_kb(pid) for pid in descendants(run.pid)}
+        time.sleep(seconds)
+        end = {pid: rss_kb(pid) for pid in descendants(run.pid)}
+        assert len(warm) >= 7, "the 4 cameras' ingest, both workers and fusion are measured"
         assert set(end) == set(warm), "no process died or was restarted"
-        grown = {pid: (warm[pid], end[pid]) for pid in warm if end[pid] > warm[pid] * 1.10}
-        assert not grown, f"resident memory grew more than 10%: {grown}"
-        assert r.xlen(Keys(prefix).stream(FaceCrop)) <= 10_000 + 100
+        grown = {pid: (warm[pid], end[pid]) for pid in warm if end[pid] > warm[pid] * (1 + growth)}
+        assert not grown, f"resident memory grew more than {growth:.0%}: {grown}"
+        assert r.xlen(keys.stream(FaceCrop)) <= 10_000 + 100
     finally:
         run.send_signal(signal.SIGTERM)
         run.wait(60)

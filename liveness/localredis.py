@@ -12,10 +12,17 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from liveness.errors import LivenessError
 
 log = logging.getLogger(__name__)
+
+
+def no_retry() -> Retry:
+    """For pings whose caller decides what comes next: redis-py would retry a refusal for seconds."""
+    return Retry(NoBackoff(), 0)
 
 
 def free_port() -> int:
@@ -47,7 +54,7 @@ class PrivateRedis:
                           f"dir {self._dir.name}\nmaxmemory 512mb\nmaxmemory-policy noeviction\n")
         self._proc = subprocess.Popen([binary, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.url = f"redis://:{password}@127.0.0.1:{self.port}/0"
-        client = redis.Redis.from_url(self.url)
+        client = redis.Redis.from_url(self.url, retry=no_retry())
         for _ in range(100):
             try:
                 client.ping()
@@ -68,6 +75,6 @@ class PrivateRedis:
 def answers(url: str) -> bool:
     """True when a Redis answers at ``url`` within a second."""
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1, retry=no_retry()).ping())
     except redis.RedisError:
         return False

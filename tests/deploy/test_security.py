@@ -19,7 +19,9 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 import yaml
+from redis.backoff import NoBackoff
 from redis.exceptions import NoPermissionError
+from redis.retry import Retry
 
 from liveness.config import RedisSettings, Settings
 from liveness.contract import Decision, Keys
@@ -47,11 +49,16 @@ def refused_beyond_the_list(client: redis.Redis) -> None:
     assert client.xadd("liveness:acl-probe", {"a": 1}), "its own keys are allowed"
 
 
+def once(**kwargs: object) -> redis.Redis:
+    """A client that tries once: redis-py retries refused logins by default, with backoff."""
+    return redis.Redis(retry=Retry(NoBackoff(), 0), **kwargs)  # type: ignore[arg-type]
+
+
 def anonymous_refused(port: int, **ssl: object) -> None:
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=port, **ssl).ping()  # type: ignore[arg-type]
+        once(port=port, **ssl).ping()
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=port, username="default", password="", **ssl).ping()  # type: ignore[arg-type]
+        once(port=port, username="default", password="liveness", **ssl).ping()
 
 
 # --- docker-compose -------------------------------------------------------------------------
@@ -134,8 +141,7 @@ def test_compose_redis_lets_in_only_its_users(compose: dict, tmp_path: Path, man
     manifest_redis.append(server)
     server.start()
     anonymous_refused(server.port)
-    urls = {compose["services"][name]["environment"]["LIVENESS_REDIS__URL"] for name in LIVENESS_SERVICES}
-    (url,) = urls
+    (url,) = {compose["services"][name]["environment"]["LIVENESS_REDIS__URL"] for name in LIVENESS_SERVICES}
     client = redis.Redis.from_url(server.url(url))
     assert client.ping()
     refused_beyond_the_list(client)
@@ -203,7 +209,8 @@ def test_make_secrets_makes_new_passwords_or_takes_given_ones() -> None:
     first, second = make_secrets(), make_secrets()
     assert first["liveness-redis"]["password"] != second["liveness-redis"]["password"]
     assert len(first["liveness-redis"]["password"]) >= 32
-    given = make_secrets(LIVENESS_REDIS_PASSWORD="given-liveness-0123456789", REDIS_ADMIN_PASSWORD="given-admin-0123456789")
+    given = make_secrets(LIVENESS_REDIS_PASSWORD="given-liveness-0123456789",
+                         REDIS_ADMIN_PASSWORD="given-admin-0123456789")
     assert given["liveness-redis"]["url"] == "redis://liveness:given-liveness-0123456789@redis:6379/0"
     assert ">given-admin-0123456789 " in given["redis-users"]["users.acl"]
     bad = subprocess.run(["sh", str(ROOT / "deploy/k8s/make-secrets.sh")], capture_output=True, text=True,
@@ -283,8 +290,8 @@ def test_tls_component_serves_rediss_with_a_ca_from_a_secret(tmp_path: Path, man
     manifest_redis.append(server)
     server.start()
     with pytest.raises(redis.ConnectionError):
-        redis.Redis(port=server.port, username="liveness", password=secrets["liveness-redis"]["password"],
-                    socket_timeout=2).ping()
+        once(port=server.port, username="liveness", password=secrets["liveness-redis"]["password"],
+             socket_timeout=2).ping()
     anonymous_refused(server.port, ssl=True, ssl_ca_certs=str(ca))
     assert server.probe(container["readinessProbe"]["exec"]["command"][2], container_env(container, secrets)) == 0
     for doc in built:
@@ -399,7 +406,7 @@ def test_private_redis_wants_its_generated_password(caplog: pytest.LogCaptureFix
         assert url.hostname == "127.0.0.1" and url.password and len(url.password) >= 32
         anonymous_refused(local.port)
         with pytest.raises(redis.AuthenticationError):
-            redis.Redis(port=local.port, password="not-" + url.password).ping()
+            once(port=local.port, password="not-" + url.password).ping()
         client = redis.Redis.from_url(local.url)
         assert client.config_get("bind") == {"bind": "127.0.0.1"}
         cmdline = Path(f"/proc/{client.info()['process_id']}/cmdline").read_text()

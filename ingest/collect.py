@@ -5,7 +5,8 @@ is ``OUT/<label>/<name>/`` (name: the camera id unless given), the folders layou
 ``liveness evaluate --dataset folders`` and ``liveness train`` read: numbered frames, or the
 face crops ingest would publish (``--crops``), and ``eyes.csv``, the eye ratios of every recorded
 frame (empty where no face was found). The camera is read by ingest's own capture code, at the
-camera's ``max_fps``. A camera lost mid-way keeps what was recorded.
+rate the folders reader assumes for frames without timestamps, so eye windows keep their timing.
+A camera lost mid-way keeps what was recorded.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from liveness.errors import LivenessError
 from liveness.face import FacePipeline
 from liveness.lifecycle import stop_on_signals
 from liveness.pacing import FramePacer
+from models.datasets import NUAA_FPS
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,12 @@ EYES_FILE = "eyes.csv"
 
 JPEG_QUALITY = 95
 """Recorded frames are evaluated and trained on later: little loss on top of the camera's own."""
+
+RECORD_FPS = NUAA_FPS
+"""Frames per second recorded: what ``--dataset folders`` assumes when it reads a folder of frames."""
+
+RATE_TOLERANCE = 0.1
+"""Relative shortfall of the recorded rate beyond which the entry's eye timing is reported as off."""
 
 ENTRY_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}$")
 
@@ -68,7 +76,7 @@ def collect(camera: CameraSettings, entry: Path, crops: bool, seconds: float | N
     """Record from ``camera`` into ``entry`` until ``seconds`` of frames, the end of a file, a lost
     camera or ``stop``. SourceError, and nothing written, when the camera cannot be opened."""
     pipeline = FacePipeline(camera.detect, camera.crop)
-    pacer = FramePacer(camera.max_fps)  # type: ignore[arg-type]
+    pacer = FramePacer(RECORD_FPS)
     cap = open_capture(camera)
     live = is_live(camera.source)
     reader = LatestFrameReader(cap, camera.id) if live else FileReader(cap, fast=False)
@@ -128,4 +136,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"collect {camera.id}: {recorded}; {'face crops' if args.crops else 'frames'} and {EYES_FILE} in {entry}")
     if not done.faces:
         log.warning("collect %s: no face in any frame", camera.id)
+    fps = (done.frames - 1) / done.seconds if done.seconds else 0.0
+    if done.frames > 1 and fps < RECORD_FPS * (1 - RATE_TOLERANCE):
+        log.warning("collect %s: %.1f frames per second recorded, not %g (camera or machine too slow): evaluation "
+                    "replays the entry %.1f times too fast (%s has the true times)", camera.id, fps, RECORD_FPS,
+                    RECORD_FPS / fps, EYES_FILE)
     return 0

@@ -136,8 +136,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"collect {camera.id}: {recorded}; {'face crops' if args.crops else 'frames'} and {EYES_FILE} in {entry}")
     if not done.faces:
         log.warning("collect %s: no face in any frame", camera.id)
-    fps = (done.frames - 1) / done.seconds if done.seconds else 0.0
-    if done.frames > 1 and fps < RECORD_FPS * (1 - RATE_TOLERANCE):
+    fps = (done.frames - 1) / done.seconds if done.frames > 1 and done.seconds > 0 else RECORD_FPS
+    if fps < RECORD_FPS * (1 - RATE_TOLERANCE):
         log.warning("collect %s: %.1f frames per second recorded, not %g (camera or machine too slow): evaluation "
                     "replays the entry %.1f times too fast (%s has the true times)", camera.id, fps, RECORD_FPS,
                     RECORD_FPS / fps, EYES_FILE)

@@ -21,7 +21,7 @@ check() {
 
 check LIVENESS_REDIS_PASSWORD "${LIVENESS_REDIS_PASSWORD:-}"
 check REDIS_ADMIN_PASSWORD "${REDIS_ADMIN_PASSWORD:-}"
-commands=$(grep -v '^[[:space:]]*#' "$(dirname "$0")/liveness-commands.acl" | tr -s '[:space:]' ' ' | sed 's/^ //; s/ $//')
+commands=$(grep -v '^[[:space:]]*#' "$(dirname "$0")/liveness-commands.acl" | tr -s ' \t\n' '   ' | sed 's/^ //; s/ $//')
 echo "user default off resetpass -@all"
 echo "user admin on >$REDIS_ADMIN_PASSWORD ~* &* +@all"
 echo "user liveness on >$LIVENESS_REDIS_PASSWORD ~${LIVENESS_PREFIX:-liveness}:* resetchannels -@all $commands"

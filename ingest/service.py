@@ -248,7 +248,7 @@ class IngestService:
                 jpeg = crop_jpeg(frame.image, face.landmarks, self.camera.crop)  # type: ignore[arg-type]
                 if jpeg is not None:
                     out.append(FaceCrop(cam, track.id, frame.index, frame.capture_ts, now, box,  # type: ignore[arg-type]
-                                        jpeg, self.camera.label))
+                                        jpeg, list(self.camera.crop.views), self.camera.label))  # type: ignore[union-attr]
         return out
 
     def _check_lag(self) -> None:

@@ -127,31 +127,14 @@ def _demo(p: argparse.ArgumentParser) -> None:
 
 
 def _train_face(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", choices=["nuaa", "folders"], default="nuaa")
-    p.add_argument("--root", required=True, help="dataset root")
+    p.add_argument("--nuaa", metavar="ROOT", help="NUAA root: each capture session is one source")
+    p.add_argument("--folders", metavar="ROOT", help="folders root: each subfolder with live/ and spoof/ is one source")
+    p.add_argument("--pretrained", metavar="DIR", help="MiniFASNet .safetensors (default ../shared/pretrained/minifasnet)")
     p.add_argument("--out", default="models/artifacts/face.onnx", help="ONNX file to write")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--limit", type=int, default=None, help="use at most N crops (smoke runs)")
-    p.add_argument("--val-session", default=None,
-                   help="validate on this session only and ship that fold (default: both folds, then all data)")
-    p.add_argument("--seeds", default=None, help="comma-separated seeds for the cross-session figures")
-    p.add_argument("--norm", choices=["crop", "grey", "fixed"], default="crop",
-                   help="input normalisation: per crop (colour or grey) or fixed")
-    p.add_argument("--no-dog", action="store_true", help="no difference-of-Gaussians channel")
-    p.add_argument("--no-photometric", action="store_true", help="no lighting augmentation")
-    p.add_argument("--synthetic", type=float, default=0.0, help="fraction of live crops made synthetic attacks")
-    p.add_argument("--erase", type=float, default=0.0, help="probability of erasing a random rectangle")
-    p.add_argument("--mixstyle", type=float, default=0.0, help="probability of mixing feature statistics (MixStyle)")
-    p.add_argument("--fourier", type=float, default=0.0, help="weight of the auxiliary Fourier-spectrum loss")
-    p.add_argument("--keep-unpaired", action="store_true",
-                   help="also train on people seen only live or only as attacks (identity can become a cue)")
-    p.add_argument("--unseen-people", action="store_true",
-                   help="a fold also leaves out of training the people it reports on (unseen session and people)")
-    p.add_argument("--crop-scale", type=float, default=2.0, help="crop side / face size (run time: ingest.crop.scale)")
-    p.add_argument("--members", type=int, default=1, help="networks averaged in one model (seed ensemble)")
-    p.add_argument("--no-export", action="store_true", help="figures only (experiments)")
-    p.add_argument("--report", metavar="FILE.json", help="write the per-fold figures here")
+    p.add_argument("--limit", type=int, default=None, help="at most N frames per source (smoke runs)")
+    p.add_argument("--no-export", action="store_true", help="leave-one-source-out figures only")
+    p.add_argument("--report", metavar="FILE.json", help="write the figures here too")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
 
 def _train_eye(p: argparse.ArgumentParser) -> None:
@@ -162,19 +145,6 @@ def _train_eye(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="classifier (default: the best on validation)")
     p.add_argument("--train-session", help="nuaa: fit the exported model on this session only (a fold model)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-
-
-def _train_quality(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", choices=["nuaa", "folders"], default="nuaa")
-    p.add_argument("--root", required=True, help="dataset root")
-    p.add_argument("--split", default="all", help="nuaa: train, all, session-01, ...; folders: a subfolder")
-    p.add_argument("--train-session", help="nuaa: fit on this capture session only (a fold model)")
-    p.add_argument("--leave-out", default="", metavar="S1,S2", help="subjects not to fit on (a fold's test half)")
-    p.add_argument("--base", default="models/artifacts/face.onnx", help="face model without a quality branch")
-    p.add_argument("--out", default="models/artifacts/face.onnx", help="ONNX file to write")
-    p.add_argument("--limit", type=int, default=None, help="use at most N crops (smoke runs)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="operating threshold of the result (default: the base model's)")
 
 
 def _train_fusion(p: argparse.ArgumentParser) -> None:
@@ -232,9 +202,8 @@ COMMANDS: dict[str, tuple[str, str, Adder]] = {
     "jobs": ("workers.jobs:run_list", "list clip jobs and their results", _config),
     "decisions": ("fusion.decisions", "print decisions (JSON lines with --json)", _decisions),
     "label": ("fusion.label", "operator feedback: the ground truth of a track", _label),
-    "train-face": ("models.train_face", "train and export the face model (extra 'train')", _train_face),
+    "train-face": ("models.train_face", "fit the face model's head, leaving each source out in turn, and export it (extra 'train')", _train_face),
     "train-eye": ("models.train_eye", "train and export the eye model", _train_eye),
-    "train-quality": ("models.face_quality", "add the image-quality branch to a face model", _train_quality),
     "train-fusion": ("models.calibrate_fusion", "choose fusion thresholds across sessions", _train_fusion),
     "evaluate": ("models.evaluate", "ISO/IEC 30107-3 report of a model on a labelled dataset", _evaluate),
     "bench": ("liveness.bench", "benchmarks with JSON output", _bench),

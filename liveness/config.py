@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -52,41 +52,33 @@ class StreamSettings(Section):
 
 
 class CropSettings(Section):
-    size: int = Field(112, ge=32, le=512, description="Side of the square face crop, pixels")
-    scale: float = Field(2.0, ge=1.0, le=4.0, description="Crop side relative to the face size")
+    """The face model's input: views of the face box at several scales, side by side in one JPEG."""
+
+    size: int = Field(80, ge=32, le=256, description="Side of each square view, pixels")
+    views: tuple[float, ...] = Field((2.7, 4.0), min_length=1, max_length=4, description=(
+        "Scale of each view relative to the face box, in the face model's order"))
+    box_width: float = Field(1.2, gt=0.5, le=2.0, description="Width of the face box before scaling, relative to the detector's")
+    box_height: float = Field(1.38, gt=0.5, le=2.0, description=(
+        "Height of the face box before scaling, relative to the detector's: the pretrained networks' "
+        "authors cut from a taller box that reaches the forehead"))
+    box_shift: float = Field(-0.1, ge=-0.5, le=0.5, description="Downward shift of the box centre, in box heights")
     jpeg_quality: int = Field(90, ge=50, le=100, description="JPEG quality of published crops")
 
-
-DETECT_WIDTHS = (320, 640)
-"""With ``detect.scale: auto``: the least width of the detector's first look, and the width of its
-second look (taken only where it is larger than the first)."""
+    @field_validator("views")
+    @classmethod
+    def _views(cls, views: tuple[float, ...]) -> tuple[float, ...]:
+        if not all(1.0 <= v <= 6.0 for v in views):
+            raise ValueError("every view scale must be within 1.0..6.0")
+        return views
 
 
 class DetectSettings(Section):
     every_n_frames: int = Field(8, ge=1, description="Run the face detector every N processed frames")
-    scale: Annotated[float, Field(gt=0.1, le=1.0)] | Literal["auto"] = Field("auto", description=(
-        "Resize of the grey frame before detection. dlib's HOG window is 80 px, so the detector sees faces "
-        "from about 75 px wide in the resized frame. A number: that one factor (0.5 finds faces from about "
-        "150 px wide). 'auto': a first look at half size, or 320 px wide if that is larger; where it finds "
-        "no face, a second look at 640 px wide if that is larger still: faces from about 12 % of the "
-        "frame's width on frames up to 1280 px wide (75 px on a 640 px frame), from 150 px on larger ones"))
-    upsample: int = Field(0, ge=0, le=2, description="dlib HOG upsampling steps")
-    min_face_px: int = Field(60, ge=20, description=(
-        "Ignore faces smaller than this in the full frame (a filter: the detector's own limit is "
-        "set by scale and upsample)"))
+    min_face_px: int = Field(48, ge=20, description="Ignore faces narrower than this in the full frame")
     max_faces: int = Field(4, ge=1, description="Most faces tracked per camera")
-
-    def scales_for(self, width: int) -> tuple[float, ...]:
-        """The resize factors to try, in order, for a frame ``width`` px wide.
-
-        Why 'auto' starts at half size: that was the only look before, so a frame 640 px wide or more
-        loses no face it found; the second look (at most 640 px wide, so an empty scene stays cheap)
-        finds the small faces and the small frames' faces it missed.
-        """
-        if self.scale != "auto":
-            return (self.scale,)
-        first, second = max(0.5, DETECT_WIDTHS[0] / width), DETECT_WIDTHS[1] / width
-        return (first, second) if second > first else (first,)
+    tiles: bool = Field(True, description=(
+        "Where BlazeFace finds no face on the whole frame, look again on overlapping tiles (faces down to "
+        "about 5 % of the frame's width), once per change of the scene"))
 
 
 class CameraDefaults(Section):

@@ -161,7 +161,9 @@ class Message:
                for k, v in fields.items()}
         version = raw.get("v")
         if version != str(SCHEMA_VERSION).encode():
-            raise PoisonMessageError(f"{cls.__name__}: schema version {version!r}, expected {SCHEMA_VERSION}")
+            got = version.decode("ascii", "replace")[:8] if version else "none"
+            raise PoisonMessageError(f"{cls.__name__}: schema version {got}, this release reads {SCHEMA_VERSION} "
+                                     f"(a producer of another release is writing to this stream)")
         values: dict[str, Any] = {}
         for name, kind, optional in _schema(cls):
             if name not in raw:
@@ -214,7 +216,11 @@ def _check_ids(msg: Any) -> None:
 
 @dataclass(frozen=True)
 class FaceCrop(Message):
-    """An aligned face crop of one track at one frame (ingest -> face workers)."""
+    """The views of one track's face at one frame (ingest -> face workers).
+
+    ``jpeg`` holds the views side by side, square and of equal size, in the order of
+    ``views``: each one the face box scaled by that factor (``liveness.face.face_views``).
+    """
 
     stream: ClassVar[str] = "faces"
     camera: str
@@ -224,12 +230,15 @@ class FaceCrop(Message):
     ingest_ts: float
     box: Box
     jpeg: bytes
+    views: list[float]
     label: str | None = None
 
     def validate(self) -> None:
         _check_ids(self)
         if not self.jpeg or len(self.jpeg) > MAX_CROP_BYTES:
             raise PoisonMessageError(f"field 'jpeg': {len(self.jpeg)} bytes, expected 1..{MAX_CROP_BYTES}")
+        if not 1 <= len(self.views) <= 4 or not all(1.0 <= v <= 6.0 for v in self.views):
+            raise PoisonMessageError(f"field 'views': {self.views!r}, expected 1-4 scales within 1.0..6.0")
 
 
 @dataclass(frozen=True)

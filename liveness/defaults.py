@@ -3,8 +3,8 @@
 import importlib.util
 from pathlib import Path
 
-SCHEMA_VERSION = 1
-"""Version of the stream contract; bumped when a field changes meaning."""
+SCHEMA_VERSION = 2
+"""Version of the stream contract; bumped when a field changes meaning (2: face crops carry views)."""
 
 KEY_PREFIX = "liveness"
 """Prefix of every Redis key, so two installations can share one Redis."""

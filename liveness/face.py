@@ -1,8 +1,10 @@
 """The face pipeline: one piece of code for ingest, training and evaluation.
 
-dlib's HOG detector on a resized grey frame, dlib's 68 landmarks on the full-resolution
-grey frame, the ratio of eye per eye, and a face crop aligned on the eyes. Landmark indices
-are dlib's, 0-based: 36-41 is the eye on the image's left, 42-47 the one on its right.
+BlazeFace finds faces (``liveness.detector``), dlib's 68 landmarks run inside its box on the
+full-resolution grey frame, then the ratio of eye per eye and the face's views for the face
+model: the box from the landmarks scaled 2.7x and 4.0x, cut from the frame, 80x80 each.
+Landmark indices are dlib's, 0-based: 36-41 is the eye on the image's left, 42-47 the one
+on its right.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import dlib
 import numpy as np
 
 from liveness.config import CropSettings, DetectSettings
+from liveness.detector import BlazeFace
 from liveness.errors import ModelError
 
 
@@ -46,42 +49,66 @@ def eye_ratios(pts: np.ndarray) -> tuple[float, float]:
     return one(37, 38, 40, 41, 36, 39), one(43, 44, 46, 47, 42, 45)
 
 
-def face_geometry(pts: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Centre, size and in-plane angle (degrees) of a face from its landmarks.
+def face_box(pts: np.ndarray) -> tuple[int, int, int, int]:
+    """Detector-style square box ``(x, y, w, h)`` of a face, from its landmarks.
 
-    The crop depends on the landmarks alone, so a tracked face (ingest) and a detected face
-    (training, evaluation) give the same crop.
+    The detector's box is about 1.07 times the landmarks' extent and sits slightly higher
+    (measured on NUAA and the webcam rooms, where BlazeFace's and dlib's boxes agree within
+    2 % of their size), so the shape predictor sees boxes like the ones it was trained on and
+    a tracked face and a detected face give the same crop.
     """
     lo, hi = pts.min(axis=0), pts.max(axis=0)
-    centre = (lo + hi) / 2.0
+    cx, cy = (lo + hi) / 2.0
     size = float(max(hi - lo))
-    left_eye, right_eye = pts[36:42].mean(axis=0), pts[42:48].mean(axis=0)
-    dx, dy = right_eye - left_eye
-    return centre, size, float(np.degrees(np.arctan2(dy, dx)))
+    side = 1.07 * size
+    cx, cy = cx + 0.03 * size, cy - 0.08 * size
+    return int(cx - side / 2), int(cy - side / 2), int(side), int(side)
 
 
-def align_crop(frame: np.ndarray, pts: np.ndarray, crop: CropSettings) -> np.ndarray:
-    """Square crop of ``crop.scale`` times the face size, rotated so the eyes are level."""
-    centre, size, angle = face_geometry(pts)
-    side = max(size * crop.scale, 1.0)
-    zoom = crop.size / side
-    m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, zoom)
-    m[0, 2] += crop.size / 2.0 - centre[0]
-    m[1, 2] += crop.size / 2.0 - centre[1]
-    return cv2.warpAffine(frame, m, (crop.size, crop.size), flags=cv2.INTER_AREA if zoom < 1 else cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REPLICATE)
+def view_box(frame_shape: tuple[int, ...], box: tuple[int, int, int, int], crop: CropSettings,
+             scale: float) -> tuple[int, int, int, int]:
+    """The region ``(x0, y0, x1, y1)`` of one view: the face box reshaped, scaled, kept inside the frame.
+
+    As the pretrained networks' authors cut their training crops: the scale is reduced when
+    the scaled box would not fit the frame, and the box is shifted, not padded, to lie inside.
+    """
+    h, w = frame_shape[:2]
+    x, y, bw, bh = box
+    cx, cy = x + bw / 2.0, y + bh / 2.0 + crop.box_shift * bh
+    bw, bh = max(bw * crop.box_width, 1.0), max(bh * crop.box_height, 1.0)
+    scale = min((h - 1) / bh, (w - 1) / bw, scale)
+    nw, nh = bw * scale, bh * scale
+    x0, y0, x1, y1 = cx - nw / 2, cy - nh / 2, cx + nw / 2, cy + nh / 2
+    if x0 < 0:
+        x1, x0 = x1 - x0, 0.0
+    if y0 < 0:
+        y1, y0 = y1 - y0, 0.0
+    if x1 > w - 1:
+        x0, x1 = x0 - (x1 - w + 1), float(w - 1)
+    if y1 > h - 1:
+        y0, y1 = y0 - (y1 - h + 1), float(h - 1)
+    return int(x0), int(y0), int(x1), int(y1)
+
+
+def face_views(frame: np.ndarray, box: tuple[int, int, int, int], crop: CropSettings) -> np.ndarray:
+    """The views of one face side by side: ``crop.size`` x ``crop.size * len(crop.views)`` BGR.
+
+    One image, so one JPEG travels per face and the worker decodes once.
+    """
+    tiles = []
+    for scale in crop.views:
+        x0, y0, x1, y1 = view_box(frame.shape, box, crop, scale)
+        region = frame[y0:y1 + 1, x0:x1 + 1]
+        if region.ndim == 2:
+            region = cv2.cvtColor(region, cv2.COLOR_GRAY2BGR)
+        tiles.append(cv2.resize(region, (crop.size, crop.size)))
+    return np.concatenate(tiles, axis=1)
 
 
 def crop_jpeg(frame: np.ndarray, pts: np.ndarray, crop: CropSettings) -> bytes | None:
-    """The aligned crop as the JPEG that travels on the face stream (None if encoding failed)."""
-    ok, jpeg = cv2.imencode(".jpg", align_crop(frame, pts, crop), [cv2.IMWRITE_JPEG_QUALITY, crop.jpeg_quality])
+    """The face's views as the JPEG that travels on the face stream (None if encoding failed)."""
+    ok, jpeg = cv2.imencode(".jpg", face_views(frame, face_box(pts), crop), [cv2.IMWRITE_JPEG_QUALITY, crop.jpeg_quality])
     return jpeg.tobytes() if ok else None
-
-
-def landmark_box(pts: np.ndarray) -> tuple[int, int, int, int]:
-    """Axis-aligned box ``(x, y, w, h)`` around the landmarks."""
-    lo, hi = pts.min(axis=0), pts.max(axis=0)
-    return int(lo[0]), int(lo[1]), int(hi[0] - lo[0]), int(hi[1] - lo[1])
 
 
 @dataclass(frozen=True)
@@ -100,40 +127,78 @@ def shape_predictor() -> dlib.shape_predictor:
     return dlib.shape_predictor(str(landmark_model_path()))
 
 
+@functools.cache
+def detector() -> BlazeFace:
+    """The face detector, loaded once per process; a missing or broken model fails here, at start."""
+    return BlazeFace()
+
+
+MOTION_LEVEL = 4.0
+"""Mean grey-level change of a 32x24 thumbnail above which a scene counts as moved.
+
+The tiled second look costs several detector runs; a camera facing an empty corridor takes
+it once, then again only when something in view has changed."""
+
+
 class FacePipeline:
-    """Detector and landmark model; the landmark model is shared by every pipeline of a process."""
+    """Detector and landmark model, one per camera (the models are shared by every pipeline of a process).
+
+    Detection: BlazeFace on the whole frame. Where it finds nothing on a frame large enough to
+    hold faces it cannot see (BlazeFace sees the frame at 128 px, so faces narrower than about
+    a tenth of it are lost), a second look runs on overlapping tiles, if the scene moved since
+    the last second look.
+    """
 
     def __init__(self, detect: DetectSettings | None = None, crop: CropSettings | None = None) -> None:
         self.detect_settings = detect or DetectSettings()
         self.crop_settings = crop or CropSettings()
-        self._detector = dlib.get_frontal_face_detector()
+        self._detector = detector()
         self._shape = shape_predictor()
+        self._last_look: np.ndarray | None = None
+        self.second_looks = 0
 
     @staticmethod
     def grey(frame: np.ndarray) -> np.ndarray:
         return frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
 
-    def detect(self, grey: np.ndarray) -> list[tuple[int, int, int, int]]:
-        """Face boxes ``(x, y, w, h)`` in full-frame pixels, largest first.
-
-        Each resize factor of ``detect.scale`` is tried in turn until one finds a face: dlib's HOG
-        misses some faces at one size of the frame and finds them at another, so the second look
-        (the larger frame) finds small faces without dropping any that the first finds.
-        """
-        for s in self.detect_settings.scales_for(grey.shape[1]):
-            boxes = self._detect_at(grey, s)
-            if boxes:
-                return boxes
-        return []
-
-    def _detect_at(self, grey: np.ndarray, s: float) -> list[tuple[int, int, int, int]]:
-        small = (grey if s == 1.0 else
-                 cv2.resize(grey, None, fx=s, fy=s, interpolation=cv2.INTER_AREA if s < 1.0 else cv2.INTER_LINEAR))
-        rects = self._detector(small, self.detect_settings.upsample)
-        boxes = [(int(r.left() / s), int(r.top() / s), int(r.width() / s), int(r.height() / s)) for r in rects]
-        boxes = [b for b in boxes if b[2] >= self.detect_settings.min_face_px]
-        boxes.sort(key=lambda b: b[2] * b[3], reverse=True)
+    def detect(self, frame: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Face boxes ``(x, y, w, h)`` in full-frame pixels, best first, shaped as the landmark model expects."""
+        found = self._detector.detect(frame)
+        if not found and self._needs_second_look(frame):
+            found = self._tiled(frame)
+        # BlazeFace's box sits 3.5 % of its height lower than dlib's and is as large
+        boxes = [(x, int(y - 0.035 * h), w, h) for (x, y, w, h), _ in found
+                 if w >= self.detect_settings.min_face_px]
         return boxes[: self.detect_settings.max_faces]
+
+    def _needs_second_look(self, frame: np.ndarray) -> bool:
+        if not self.detect_settings.tiles:
+            return False
+        h, w = frame.shape[:2]
+        if 0.1 * max(h, w) <= self.detect_settings.min_face_px:
+            return False  # the first look already sees every face large enough to keep
+        thumb = cv2.resize(self.grey(frame), (32, 24), interpolation=cv2.INTER_AREA).astype(np.float32)
+        moved = self._last_look is None or float(np.abs(thumb - self._last_look).mean()) > MOTION_LEVEL
+        if moved:
+            self._last_look = thumb
+        return moved
+
+    def _tiled(self, frame: np.ndarray) -> list[tuple[tuple[int, int, int, int], float]]:
+        """BlazeFace on a 2 x 2 (or 2 x 3 on wide frames) grid of overlapping tiles."""
+        self.second_looks += 1
+        h, w = frame.shape[:2]
+        rows, cols = (2, 3) if w >= 1.5 * h else (2, 2)
+        th, tw = min(h, int(h / rows * 1.3)), min(w, int(w / cols * 1.3))
+        found: list[tuple[tuple[int, int, int, int], float]] = []
+        for r in range(rows):
+            for c in range(cols):
+                y0, x0 = round(r * (h - th) / (rows - 1)), round(c * (w - tw) / (cols - 1))
+                for (x, y, bw, bh), score in self._detector.detect(frame[y0:y0 + th, x0:x0 + tw]):
+                    box = (x + x0, y + y0, bw, bh)
+                    if all(iou(box, kept) < 0.3 for kept, _ in found):
+                        found.append((box, score))
+        found.sort(key=lambda f: -f[1])
+        return found
 
     def landmarks(self, grey: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
         """68 landmarks ``(68, 2)`` float32 of the face in ``box``."""
@@ -149,7 +214,19 @@ class FacePipeline:
     def analyze(self, frame: np.ndarray) -> list[Face]:
         """Detect and landmark every face of a single frame (stills, training, evaluation)."""
         grey = self.grey(frame)
-        return [self.face(grey, box) for box in self.detect(grey)]
+        return [self.face(grey, box) for box in self.detect(frame)]
 
     def crop(self, frame: np.ndarray, face: Face) -> np.ndarray:
-        return align_crop(frame, face.landmarks, self.crop_settings)
+        """The face's views, as ingest publishes them (before JPEG)."""
+        return face_views(frame, face_box(face.landmarks), self.crop_settings)
+
+
+def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    w = min(ax + aw, bx + bw) - max(ax, bx)
+    h = min(ay + ah, by + bh) - max(ay, by)
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    return inter / float(aw * ah + bw * bh - inter)

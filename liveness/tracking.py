@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from liveness.face import Face, FacePipeline
+from liveness.face import Face, FacePipeline, face_box, iou
 
 MIN_IOU = 0.3
 """Overlap with a detection below which a track counts as lost."""
@@ -22,17 +22,6 @@ MAX_MISSES = 2
 No grace in a round that found a face no track explains: the track has lost its face (a
 fast move, a cut), and the new face gets a new track. Keeping the lost one would follow
 the background for two rounds, doubling the landmark work and sending crops of nothing."""
-
-
-def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    w = min(ax + aw, bx + bw) - max(ax, bx)
-    h = min(ay + ah, by + bh) - max(ay, by)
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    return inter / float(aw * ah + bw * bh - inter)
 
 
 @dataclass
@@ -69,7 +58,7 @@ class FaceTracker:
         detect = index - self._last_detect >= (max(1, every // 2) if not self.tracks else every)
         followed: list[Track] = []
         for track in self.tracks:
-            box = _follow_box(track.face)
+            box = face_box(track.face.landmarks)
             if not _inside(box, w, h):
                 self.ended.append(track)
                 continue
@@ -78,19 +67,20 @@ class FaceTracker:
             followed.append(track)
         if detect:
             self._last_detect = index
-            followed = self._match(grey, followed, index)
+            followed = self._match(frame, grey, followed, index)
         self.tracks = followed
         return self.tracks
 
-    def _match(self, grey: np.ndarray, tracks: list[Track], index: int) -> list[Track]:
-        boxes = self.pipeline.detect(grey)
+    def _match(self, frame: np.ndarray, grey: np.ndarray, tracks: list[Track], index: int) -> list[Track]:
+        boxes = self.pipeline.detect(frame)
         unmatched = list(boxes)
         kept: list[Track] = []
         missed: list[Track] = []
         for track in sorted(tracks, key=lambda t: -t.frames):
-            best = max(unmatched, key=lambda b: iou(b, _follow_box(track.face)), default=None)
-            if best is not None and iou(best, _follow_box(track.face)) >= MIN_IOU:
-                unmatched.remove(best)  # confirmed: its landmarks of this frame stand
+            best = max(unmatched, key=lambda b: iou(b, face_box(track.face.landmarks)), default=None)
+            if best is not None and iou(best, face_box(track.face.landmarks)) >= MIN_IOU:
+                unmatched.remove(best)
+                track.face = self.pipeline.face(grey, best)  # re-anchored on the detector's box: no drift
                 track.misses = 0
                 kept.append(track)
             else:
@@ -105,21 +95,6 @@ class FaceTracker:
         for box in unmatched[: max(room, 0)]:
             kept.append(Track(self._new_id(), self.pipeline.face(grey, box), first_frame=index))
         return kept
-
-
-def _follow_box(face: Face) -> tuple[int, int, int, int]:
-    """Detector-style box for the next frame, from this frame's landmarks.
-
-    The detector's box is about 1.07 times the landmarks' extent and sits slightly higher
-    (measured on NUAA), so the shape predictor sees boxes like the ones it was trained on.
-    """
-    pts = face.landmarks
-    lo, hi = pts.min(axis=0), pts.max(axis=0)
-    cx, cy = (lo + hi) / 2.0
-    size = float(max(hi - lo))
-    side = 1.07 * size
-    cx, cy = cx + 0.03 * size, cy - 0.08 * size
-    return int(cx - side / 2), int(cy - side / 2), int(side), int(side)
 
 
 def _inside(box: tuple[int, int, int, int], w: int, h: int) -> bool:

@@ -68,6 +68,18 @@ def score_faces(model: OnnxModel, data: FaceCrops, batch: int = 64) -> np.ndarra
     return scores
 
 
+def no_face_counts(has_face: np.ndarray, labels: np.ndarray) -> dict[str, int]:
+    """Frames where no face was found, by label: each one is a live person rejected, or an attack not accepted."""
+    return {"no_face": int((~has_face).sum()), "no_face_live": int((~has_face & (labels == 0)).sum()),
+            "no_face_spoof": int((~has_face & (labels == 1)).sum())}
+
+
+def _source_row(data: FaceCrops, scores: np.ndarray, mask: np.ndarray, threshold: float) -> dict[str, Any]:
+    rep = pad_report(data.labels[mask], scores[mask], threshold).to_dict()
+    return {**{k: rep[k] for k in ("n_live", "n_spoof", "apcer", "bpcer", "acer")},
+            **no_face_counts(data.has_face[mask], data.labels[mask])}
+
+
 def evaluate_face(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Per-frame report of the face model through the same face pipeline as ingest."""
     model = OnnxModel(args.face_model or artifact_path("face.onnx"), threads=1)
@@ -79,9 +91,11 @@ def evaluate_face(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray,
     report: dict[str, Any] = {"model": "face", "name": model.name, "version": model.version,
                               "dataset": args.dataset, "split": args.split, "unit": "frame"}
     report.update(pad_report(data.labels, scores, model.threshold).to_dict())
-    report["no_face"] = int((~data.has_face).sum())
-    report["no_face_live"] = int((~data.has_face & (data.labels == 0)).sum())
+    report.update(no_face_counts(data.has_face, data.labels))
     report["skipped"] = dataset.skipped
+    if len(set(data.sessions.tolist()) - {""}) > 1:
+        report["per_source"] = {f"session-{s}": _source_row(data, scores, data.sessions == s, model.threshold)
+                                for s in sorted(set(data.sessions.tolist()) - {""})}
     seq_ids = np.unique(data.sequence)
     seq_scores = np.array([statistics.fmean(scores[data.sequence == s].tolist()) for s in seq_ids])
     seq_labels = np.array([data.labels[data.sequence == s][0] for s in seq_ids])

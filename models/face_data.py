@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from liveness.config import CropSettings, DetectSettings
-from liveness.face import FacePipeline, align_crop
+from liveness.face import FacePipeline, face_box, face_views
 from models.datasets import Dataset, load
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class FaceCrops:
     """Every frame of a dataset: its crop (zeros when no face) and where it came from."""
 
     crops: np.ndarray
-    """(N, S, S, 3) uint8 BGR, after a JPEG round trip."""
+    """(N, S, S * views, 3) uint8 BGR, the views side by side, after a JPEG round trip."""
     has_face: np.ndarray
     """(N,) bool: False where the detector found no face (the frame counts as rejected)."""
     landmarks: np.ndarray
@@ -63,6 +63,11 @@ class FaceCrops:
         live = set(self.subjects[self.labels == 0].tolist())
         spoof = set(self.subjects[self.labels == 1].tolist())
         return np.array([s == "" or (s in live and s in spoof) for s in self.subjects.tolist()], dtype=bool)
+
+
+def crop_shape(crop: CropSettings) -> tuple[int, int, int]:
+    """Shape of one published crop: the views side by side."""
+    return crop.size, crop.size * len(crop.views), 3
 
 
 def jpeg_roundtrip(crop: np.ndarray, quality: int) -> np.ndarray:
@@ -101,14 +106,14 @@ def extract(dataset: Dataset, crop: CropSettings, limit: int | None = None) -> F
             crops.append(jpeg_roundtrip(pipe.crop(img, faces[0]), crop.jpeg_quality))
             landmarks.append(faces[0].landmarks)
         else:
-            crops.append(np.zeros((crop.size, crop.size, 3), np.uint8))
+            crops.append(np.zeros(crop_shape(crop), np.uint8))
             landmarks.append(np.zeros((68, 2), np.float32))
         has_face.append(bool(faces))
         seq_idx.append(i)
         paths.append(source)
     seqs = dataset.sequences
     return FaceCrops(
-        crops=np.stack(crops) if crops else np.zeros((0, crop.size, crop.size, 3), np.uint8),
+        crops=np.stack(crops) if crops else np.zeros((0, *crop_shape(crop)), np.uint8),
         has_face=np.array(has_face, bool), landmarks=np.array(landmarks, np.float32).reshape(-1, 68, 2),
         labels=np.array([1 if seqs[i].label == "spoof" else 0 for i in seq_idx], np.int64),
         sequence=np.array(seq_idx, np.int64), names=[q.name for q in seqs],
@@ -130,19 +135,17 @@ def recrop(data: FaceCrops, crop: CropSettings) -> FaceCrops:
 
     Only for image sequences: video frames are not addressable by path.
     """
-    s = crop.size
-    crops = np.zeros((len(data.paths), s, s, 3), np.uint8)
+    crops = np.zeros((len(data.paths), *crop_shape(crop)), np.uint8)
     for k in np.flatnonzero(data.has_face):
         img = _read(Path(data.paths[k]))
         if img is not None:
-            crops[k] = jpeg_roundtrip(align_crop(img, data.landmarks[k], crop), crop.jpeg_quality)
+            crops[k] = jpeg_roundtrip(face_views(img, face_box(data.landmarks[k]), crop), crop.jpeg_quality)
     return FaceCrops(crops, data.has_face, data.landmarks, data.labels, data.sequence, data.names,
                      data.sessions, data.subjects, data.paths)
 
 
 def _cache_path(kind: str, root: str | Path, split: str | None, crop: CropSettings, limit: int | None) -> Path:
-    key = (f"{kind}|{Path(root).resolve()}|{split}|{crop.size}|{crop.scale}|{crop.jpeg_quality}|{limit}|"
-           f"{DetectSettings().model_dump_json()}")
+    key = f"{kind}|{Path(root).resolve()}|{split}|{crop.model_dump_json()}|{limit}|{DetectSettings().model_dump_json()}"
     return CACHE_DIR / f"face_crops_{kind}_{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
 
 

@@ -9,7 +9,7 @@ import cv2
 from liveness.config import CropSettings
 from liveness.contract import EyeSample, FaceCrop
 from liveness.eyes import EyeHistory
-from liveness.face import FacePipeline, align_crop
+from liveness.face import FacePipeline, crop_jpeg
 from tests.conftest import nuaa_sequence
 
 SEQUENCES = {"live": "ClientRaw/0001_00_00_01", "spoof": "ImposterRaw/0001_00_00_01"}
@@ -23,13 +23,15 @@ def real_crops(label: str, n: int = 40) -> tuple[bytes, ...]:
     for path in nuaa_sequence(SEQUENCES[label])[:n]:
         frame = cv2.imread(str(path))
         for face in pipe.analyze(frame)[:1]:
-            ok, jpeg = cv2.imencode(".jpg", align_crop(frame, face.landmarks, CropSettings()))
-            out.append(jpeg.tobytes())
+            jpeg = crop_jpeg(frame, face.landmarks, CropSettings())
+            assert jpeg is not None
+            out.append(jpeg)
     return tuple(out)
 
 
 def crop_message(jpeg: bytes, camera: str, track: str, frame: int, label: str | None = None) -> FaceCrop:
-    return FaceCrop(camera, track, frame, 1000.0 + frame / 15, 1000.0 + frame / 15, (10, 10, 100, 100), jpeg, label)
+    return FaceCrop(camera, track, frame, 1000.0 + frame / 15, 1000.0 + frame / 15, (10, 10, 100, 100), jpeg,
+                    list(CropSettings().views), label)
 
 
 @lru_cache(maxsize=4)

@@ -20,16 +20,21 @@ MAX_CROP_SIDE = 1024
 """Largest crop side accepted, pixels: bigger ones are dead-lettered, not resized."""
 
 
-def decode_crop(jpeg: bytes, size: int) -> np.ndarray:
-    """JPEG bytes to a ``size`` x ``size`` BGR image; PoisonMessageError if it is not one."""
+def decode_crop(jpeg: bytes, shape: tuple[int, ...], views: int) -> np.ndarray:
+    """JPEG bytes of ``views`` square views side by side to the model's ``(H, W, 3)`` BGR input.
+
+    PoisonMessageError if it is not an image of that many square views.
+    """
     img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise PoisonMessageError("crop: not a decodable image")
     h, w = img.shape[:2]
-    if max(h, w) > MAX_CROP_SIDE or min(h, w) < 16:
-        raise PoisonMessageError(f"crop: {w}x{h} pixels is outside 16..{MAX_CROP_SIDE}")
-    if (h, w) != (size, size):
-        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    if max(h, w) > MAX_CROP_SIDE * views or min(h, w) < 16:
+        raise PoisonMessageError(f"crop: {w}x{h} pixels is outside 16..{MAX_CROP_SIDE} per view")
+    if w != h * views:
+        raise PoisonMessageError(f"crop: {w}x{h} pixels is not {views} square view(s) side by side")
+    if (h, w) != shape[:2]:
+        img = cv2.resize(img, (shape[1], shape[0]), interpolation=cv2.INTER_AREA if h > shape[0] else cv2.INTER_LINEAR)
     return img
 
 
@@ -43,7 +48,16 @@ class FaceWorker(ScoringWorker):
     input_shape = FACE_INPUT_SHAPE
 
     def prepare(self, msg: Message) -> np.ndarray:
-        return decode_crop(msg.jpeg, self.input_shape[-1])  # type: ignore[attr-defined]
+        assert isinstance(msg, FaceCrop)
+        check_views(msg.views, self.model.views)
+        return decode_crop(msg.jpeg, self.input_shape, len(msg.views))
+
+
+def check_views(views: list[float], model_views: tuple[float, ...]) -> None:
+    """A crop cut at other scales than the model was trained on would be scored wrongly: refuse it."""
+    if tuple(views) != model_views:
+        raise PoisonMessageError(f"crop views {list(views)} do not match the face model's {list(model_views)} "
+                                 f"(ingest.crop.views of that camera)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from liveness.eyes import EyeHistory, eye_input
 from liveness.face import FacePipeline, crop_jpeg
 from liveness.pacing import FramePacer, sends
 from liveness.tracking import FaceTracker
-from workers.face import decode_crop
+from workers.face import check_views, decode_crop
 from workers.runners import OnnxModel
 
 
@@ -94,7 +94,7 @@ class OfflineAnalyzer:
         results: dict[str, TrackResult] = {}
         pacer = FramePacer(self.camera.max_fps)
         processed = 0
-        size = self.face_model.input_shape[-1]
+        shape, views = self.face_model.input_shape, list(self.camera.crop.views)
         for ts, image in frames:
             if not pacer.take(ts):
                 continue  # as ingest: frames above max_fps are dropped
@@ -114,7 +114,8 @@ class OfflineAnalyzer:
                 if sends(res.frames, self.camera.crop_every):
                     jpeg = crop_jpeg(image, track.face.landmarks, self.camera.crop)
                     if jpeg is not None:  # the workers see the crop after JPEG, so offline does too
-                        ev.append(_Event(ts, processed, "face", decode_crop(jpeg, size)))
+                        check_views(views, self.face_model.views)
+                        ev.append(_Event(ts, processed, "face", decode_crop(jpeg, shape, len(views))))
             processed += 1
         for track_id, ev in events.items():
             self._decide(results[track_id], ev)

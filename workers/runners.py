@@ -7,6 +7,7 @@ never imports it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -20,8 +21,9 @@ log = logging.getLogger(__name__)
 MAX_MODEL_BYTES = 50 * 1024 * 1024
 """Largest ONNX file accepted, bytes: our models are a few MB; more means a wrong file."""
 
-FACE_INPUT_SHAPE = (3, 112, 112)
-"""Shape of one face-model input sample: BGR, channels first, the ingest crop size."""
+FACE_INPUT_SHAPE = (80, 160, 3)
+"""Shape of one face-model input sample: the crop as ingest publishes it, the 2.7x and 4.0x
+views of 80x80 side by side, BGR, channels last."""
 
 
 class OnnxModel:
@@ -69,6 +71,7 @@ class OnnxModel:
         self.name = self.metadata.get("liveness.name", self.path.stem)
         self.version = self.metadata.get("liveness.version", "0")
         self.input_format = self.metadata.get("liveness.input", "")
+        self.views = _views(self.path, self.metadata.get("liveness.views"))
         try:
             self.threshold = float(self.metadata["liveness.threshold"])
         except KeyError:
@@ -92,8 +95,7 @@ class OnnxModel:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """One score per sample, shape (N,), float32.
 
-        Face model: ``batch`` is BGR crops, 0..255, either (N, 3, 112, 112) or (N, 112, 112, 3)
-        uint8/float; the model normalises them itself.
+        Face model: ``batch`` is BGR crops as published, 0..255, (N, 80, 160, 3) uint8/float.
         """
         batch = np.asarray(batch)
         if batch.ndim == len(self.input_shape):
@@ -103,3 +105,14 @@ class OnnxModel:
             return np.zeros(0, np.float32)
         out = self.session.run(None, {self.input_name: x})[0]
         return np.asarray(out, np.float32).reshape(len(x), -1)[:, 0]
+
+
+def _views(path: Path, raw: str | None) -> tuple[float, ...]:
+    """The crop views a face model was trained on (``liveness.views`` metadata); () for other models."""
+    if raw is None:
+        return ()
+    try:
+        views = tuple(float(v) for v in json.loads(raw))
+    except (ValueError, TypeError):
+        raise ModelError(f"{path}: metadata 'liveness.views' is not a list of numbers: {raw[:40]!r}") from None
+    return views

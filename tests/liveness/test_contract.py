@@ -7,7 +7,7 @@ from liveness.errors import MessageError, PoisonMessageError
 
 
 def crop() -> FaceCrop:
-    return FaceCrop("door", "door:1:1", 7, 1000.5, 1000.6, (1, 2, 30, 40), b"\xff\xd8jpeg", "live")
+    return FaceCrop("door", "door:1:1", 7, 1000.5, 1000.6, (1, 2, 30, 40), b"\xff\xd8jpeg", [2.7, 4.0], "live")
 
 
 def test_round_trip_every_message() -> None:

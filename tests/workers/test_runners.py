@@ -14,8 +14,8 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
 
 
-def mean_model(path: Path, sample_shape: tuple[int, ...] = (3, 112, 112), outputs: int = 1,
-               threshold: str | None = "0.25") -> Path:
+def mean_model(path: Path, sample_shape: tuple[int, ...] = (80, 160, 3), outputs: int = 1,
+               threshold: str | None = "0.25", views: str | None = None) -> Path:
     """A model whose score is the mean of its input / 255, with our metadata."""
     x = helper.make_tensor_value_info("crops", TensorProto.FLOAT, ["batch", *sample_shape])
     axes = helper.make_tensor("axes", TensorProto.INT64, [len(sample_shape)], list(range(1, len(sample_shape) + 1)))
@@ -32,6 +32,8 @@ def mean_model(path: Path, sample_shape: tuple[int, ...] = (3, 112, 112), output
     meta = {"liveness.name": "mean", "liveness.version": "7"}
     if threshold is not None:
         meta["liveness.threshold"] = threshold
+    if views is not None:
+        meta["liveness.views"] = views
     for key, value in meta.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
@@ -40,8 +42,9 @@ def mean_model(path: Path, sample_shape: tuple[int, ...] = (3, 112, 112), output
 
 
 def test_loads_metadata_and_scores_both_layouts(tmp_path: Path) -> None:
-    model = OnnxModel(mean_model(tmp_path / "m.onnx"), threads=1)
-    assert (model.name, model.version, model.threshold) == ("mean", "7", 0.25)
+    model = OnnxModel(mean_model(tmp_path / "m.onnx", (3, 112, 112), views="[2.7, 4.0]"), threads=1,
+                      input_shape=(3, 112, 112))
+    assert (model.name, model.version, model.threshold, model.views) == ("mean", "7", 0.25, (2.7, 4.0))
     nhwc = np.zeros((4, 112, 112, 3), np.uint8)
     nhwc[1] = 255
     scores = model.predict(nhwc)
@@ -75,6 +78,8 @@ def test_rejects_a_huge_file(tmp_path: Path) -> None:
 def test_rejects_wrong_input_shape_and_outputs(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="input shape"):
         OnnxModel(mean_model(tmp_path / "grey.onnx", (1, 64, 64)))
+    with pytest.raises(ModelError, match="input shape"):  # the face model of the previous contract
+        OnnxModel(mean_model(tmp_path / "old.onnx", (3, 112, 112)))
     with pytest.raises(ModelError, match="input shape"):
         OnnxModel(mean_model(tmp_path / "flat.onnx", (112,)))
     with pytest.raises(ModelError, match="1 input and 1 output"):
@@ -88,6 +93,8 @@ def test_rejects_missing_threshold_and_bad_batches(tmp_path: Path) -> None:
         OnnxModel(mean_model(tmp_path / "nothr.onnx", threshold=None))
     with pytest.raises(ModelError, match="not a number"):
         OnnxModel(mean_model(tmp_path / "badthr.onnx", threshold="high"))
+    with pytest.raises(ModelError, match="liveness.views"):
+        OnnxModel(mean_model(tmp_path / "badviews.onnx", views="[2.7, big]"))
     model = OnnxModel(mean_model(tmp_path / "m.onnx"))
     with pytest.raises(ModelError, match="batch shape"):
         model.predict(np.zeros((2, 64, 64, 3), np.uint8))

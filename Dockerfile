@@ -1,6 +1,6 @@
 # The liveness image: every service (ingest, face-worker, eye-worker, fusion) is one
 # `liveness COMMAND` on it. Wheels only for the native parts (dlib-bin, opencv headless,
-# onnxruntime), so no compiler; the ONNX models are package data of `models`.
+# onnxruntime), so no compiler; the ONNX models are package data of `liveness.models`.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY . .
@@ -14,7 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 COPY --from=build /wheels /wheels
 RUN pip install --prefer-binary /wheels/*.whl \
  && rm -rf /wheels \
- && python -c "import pathlib, models; assert list(pathlib.Path(models.__file__).parent.glob('artifacts/*.onnx')), 'no ONNX model'" \
+ && python -c "from liveness.defaults import artifact_path; assert all(artifact_path(m).is_file() for m in ('face.onnx', 'eye.onnx')), 'no ONNX model'" \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin liveness
 USER 10001
 WORKDIR /tmp

@@ -32,13 +32,13 @@ from typing import Callable, Iterator, TypeVar
 
 import redis
 
-from fusion import metrics
-from fusion.webhook import Webhook
+from liveness import lifecycle
 from liveness.config import Settings, load_settings
 from liveness.contract import Decision, EyeScore, FaceScore, Keys, Label, Score
 from liveness.errors import CorruptStateError, PoisonMessageError
 from liveness.evidence import TrackEvidence, live_baseline, load_policy
-from liveness import lifecycle
+from liveness.fusion import metrics
+from liveness.fusion.webhook import Webhook
 from liveness.metrics import STAGE_LATENCY
 from liveness.streams import Crew, Entry, Failed, Outcome, StreamConsumer, consumer_name
 

@@ -9,8 +9,8 @@ import threading
 import urllib.request
 from dataclasses import asdict
 
-from fusion import metrics
 from liveness.contract import Decision
+from liveness.fusion import metrics
 from liveness.redaction import redact_url
 
 log = logging.getLogger(__name__)

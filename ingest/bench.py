@@ -23,7 +23,7 @@ from liveness.config import CameraSettings, load_settings
 from liveness.errors import LivenessError
 from liveness.redisconn import connect
 
-from ingest.service import IngestService
+from liveness.ingest.service import IngestService
 
 ROUNDS = 3
 """Decode-then-ingest rounds; the figures are their medians."""

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import cv2
 
-from ingest.capture import FileReader, LatestFrameReader, describe, is_live, open_capture
 from liveness.config import CameraSettings, load_settings
 from liveness.errors import LivenessError
 from liveness.face import FacePipeline
+from liveness.ingest.capture import FileReader, LatestFrameReader, describe, is_live, open_capture
 from liveness.lifecycle import stop_on_signals
+from liveness.models.datasets import NUAA_FPS
 from liveness.pacing import FramePacer
-from models.datasets import NUAA_FPS
 
 log = logging.getLogger(__name__)
 

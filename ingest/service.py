@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 import cv2
 import redis
 
-from ingest import metrics
-from ingest.capture import FileReader, Frame, LatestFrameReader, describe, is_live, open_capture
-from ingest.preview import Preview
 from liveness.config import CameraSettings, Settings, load_settings
 from liveness.contract import EyeSample, FaceCrop, Keys
 from liveness.errors import SourceError
 from liveness.eyes import EyeHistory
 from liveness.face import FacePipeline, crop_jpeg
+from liveness.ingest import metrics
+from liveness.ingest.capture import FileReader, Frame, LatestFrameReader, describe, is_live, open_capture
+from liveness.ingest.preview import Preview
 from liveness.lifecycle import stop_on_signals
 from liveness.metrics import serve
 from liveness.pacing import FramePacer, sends

@@ -1,5 +1,5 @@
 import sys
 
-from liveness.cli import main
+from liveness.app.cli import main
 
 sys.exit(main())

@@ -1,7 +1,9 @@
 """Defaults shared by every service. Units are in the names."""
 
-import importlib.util
+from importlib.resources import files
 from pathlib import Path
+
+from liveness.errors import ModelError
 
 SCHEMA_VERSION = 2
 """Version of the stream contract; bumped when a field changes meaning (2: face crops carry views)."""
@@ -23,8 +25,12 @@ METRICS_PORT = 9400
 
 
 def artifact_path(name: str) -> Path:
-    """Path of a committed model under ``models/artifacts`` (found without importing ``models``)."""
-    spec = importlib.util.find_spec("models")
-    if spec is None or not spec.submodule_search_locations:
-        return Path("models") / "artifacts" / name
-    return Path(next(iter(spec.submodule_search_locations))) / "artifacts" / name
+    """Path of a shipped model in ``liveness.models``' ``artifacts``.
+
+    Found through the ``liveness`` namespace, so another project's top-level ``models`` package
+    earlier on the path cannot shadow it; a real file, since onnxruntime opens a path.
+    """
+    folder = files("liveness.models") / "artifacts"
+    if not isinstance(folder, Path):
+        raise ModelError(f"liveness.models is not installed as files on disk ({folder!r}): reinstall the wheel")
+    return folder / name

@@ -27,10 +27,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from liveness.evidence import Policy
 from liveness.errors import LivenessError
-from models.datasets import nuaa
-from models.evaluate_fused import SequenceResult, analyze, report, subject_half_baselines
+from liveness.evidence import Policy
+from liveness.models.datasets import nuaa
+from liveness.models.evaluate_fused import SequenceResult, analyze, report, subject_half_baselines
 
 GRID = {
     "face_margin": [1.0, 2.0, 3.0, 4.0, 5.0],

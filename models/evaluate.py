@@ -21,10 +21,10 @@ import numpy as np
 from liveness.config import CropSettings
 from liveness.defaults import artifact_path
 from liveness.errors import LivenessError
+from liveness.models.datasets import Dataset, load
+from liveness.models.face_data import FaceCrops, extract
 from liveness.pad_metrics import det_curve, pad_report
-from models.datasets import Dataset, load
-from models.face_data import FaceCrops, extract
-from workers.runners import OnnxModel
+from liveness.workers.runners import OnnxModel
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +105,13 @@ def evaluate_face(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray,
 
 
 def _fused(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    from models.evaluate_fused import evaluate_fused
+    from liveness.models.evaluate_fused import evaluate_fused
 
     return evaluate_fused(args)
 
 
 def _eye(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    from models.evaluate_fused import evaluate_eye
+    from liveness.models.evaluate_fused import evaluate_eye
 
     return evaluate_eye(args)
 

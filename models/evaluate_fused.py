@@ -31,11 +31,11 @@ from liveness.defaults import artifact_path
 from liveness.errors import LivenessError
 from liveness.evidence import Policy, live_baseline, load_policy
 from liveness.eyes import INPUT_SIZE
+from liveness.models.datasets import Sequence, load
+from liveness.models.eye_data import sequence_figures
 from liveness.pad_metrics import pad_report
-from models.datasets import Sequence, load
-from models.eye_data import sequence_figures
-from workers.offline import OfflineAnalyzer, TrackResult
-from workers.runners import FACE_INPUT_SHAPE, OnnxModel
+from liveness.workers.offline import OfflineAnalyzer, TrackResult
+from liveness.workers.runners import FACE_INPUT_SHAPE, OnnxModel
 
 
 @dataclass

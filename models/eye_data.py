@@ -18,8 +18,8 @@ import numpy as np
 
 from liveness.config import DetectSettings
 from liveness.face import FacePipeline
+from liveness.models.datasets import Dataset, Sequence
 from liveness.pad_metrics import error_rates
-from models.datasets import Dataset, Sequence
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from liveness.config import CropSettings, DetectSettings
 from liveness.face import FacePipeline, face_box, face_views
-from models.datasets import Dataset, load
+from liveness.models.datasets import Dataset, load
 
 log = logging.getLogger(__name__)
 

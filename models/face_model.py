@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.minifasnet import V1SE, V2, MiniFASNet, load
+from liveness.models.minifasnet import V1SE, V2, MiniFASNet, load
 
 PRETRAINED = Path(__file__).resolve().parent.parent.parent / "shared" / "pretrained" / "minifasnet"
 """Where the pretrained tensors are read (``../shared`` beside the repository)."""

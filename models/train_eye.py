@@ -31,10 +31,10 @@ from liveness import __version__
 from liveness.defaults import EYE_WINDOW
 from liveness.errors import LivenessError
 from liveness.eyes import FEATURES, OPEN_LEVEL_FRAMES, WINDOW_RATE_HZ, EyeHistory, eye_input, window_features
+from liveness.models import datasets
+from liveness.models.eye_data import EyeTrack, eye_tracks
+from liveness.models.eye_onnx import INPUT, OUTPUT, to_onnx
 from liveness.pad_metrics import auc, det_curve, eer, error_rates
-from models import datasets
-from models.eye_data import EyeTrack, eye_tracks
-from models.eye_onnx import INPUT, OUTPUT, to_onnx
 
 log = logging.getLogger(__name__)
 

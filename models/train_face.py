@@ -20,9 +20,9 @@ import numpy as np
 
 from liveness.config import CropSettings
 from liveness.errors import LivenessError
+from liveness.models.datasets import DatasetError
+from liveness.models.face_data import FaceCrops, face_crops
 from liveness.pad_metrics import pad_report
-from models.datasets import DatasetError
-from models.face_data import FaceCrops, face_crops
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def sources(nuaa: str | None, folders: str | None, limit: int | None = None) -> 
 
 def load_sources(nuaa: str | None, folders: str | None, pretrained: str | None, limit: int | None) -> list[Source]:
     """Crops of every source through the shared face pipeline (cached), and their embeddings."""
-    from models.face_model import PRETRAINED, embeddings, pretrained_pair
+    from liveness.models.face_model import PRETRAINED, embeddings, pretrained_pair
 
     nets = pretrained_pair(pretrained or PRETRAINED)
     out = []
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     report.update({"version": VERSION, "threshold": threshold, "c": C, "crop": CROP.model_dump(mode="json"),
                    "sources": [s.name for s in all_sources]})
     if not args.no_export:
-        from models.face_model import FaceModel, export_onnx, pretrained_pair
+        from liveness.models.face_model import FaceModel, export_onnx, pretrained_pair
 
         model = FaceModel(pretrained_pair(args.pretrained) if args.pretrained else pretrained_pair(), weight, bias)
         check = np.concatenate([s.data.crops[s.data.has_face][:8] for s in all_sources]).astype(np.float32)

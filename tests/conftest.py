@@ -83,7 +83,7 @@ class RtspServer:
         return f"rtsp://127.0.0.1:{self.port}/{mount}"
 
     def start(self) -> None:
-        args = [SYSTEM_PYTHON, str(ROOT / "liveness" / "rtsp_server.py"), "--port", str(self.port)]
+        args = [SYSTEM_PYTHON, str(ROOT / "app" / "rtsp_server.py"), "--port", str(self.port)]
         args += [f"{name}={pattern}@{self.fps}" for name, pattern in self.mounts.items()]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert self.proc.stdout is not None

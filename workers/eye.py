@@ -13,7 +13,7 @@ import numpy as np
 from liveness.contract import EyeSample, EyeScore, Message
 from liveness.errors import PoisonMessageError
 from liveness.eyes import INPUT_SIZE, WINDOW_RATE_HZ, eye_input
-from workers.scoring import ScoringWorker, run_worker
+from liveness.workers.scoring import ScoringWorker, run_worker
 
 
 class EyeWorker(ScoringWorker):

@@ -13,8 +13,8 @@ import numpy as np
 
 from liveness.contract import FaceCrop, FaceScore, Message
 from liveness.errors import PoisonMessageError
-from workers.runners import FACE_INPUT_SHAPE
-from workers.scoring import ScoringWorker, run_worker
+from liveness.workers.runners import FACE_INPUT_SHAPE
+from liveness.workers.scoring import ScoringWorker, run_worker
 
 MAX_CROP_SIDE = 1024
 """Largest crop side accepted, pixels: bigger ones are dead-lettered, not resized."""

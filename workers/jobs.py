@@ -29,8 +29,8 @@ from liveness.errors import LivenessError
 from liveness.evidence import load_policy
 from liveness.eyes import INPUT_SIZE
 from liveness.redisconn import connect
-from workers.offline import OfflineAnalyzer
-from workers.runners import FACE_INPUT_SHAPE, OnnxModel
+from liveness.workers.offline import OfflineAnalyzer
+from liveness.workers.runners import FACE_INPUT_SHAPE, OnnxModel
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def analyzer(config: str | None) -> OfflineAnalyzer:
 
 def analyze_clip(path: str, config: str | None = None) -> dict[str, object]:
     """The job: per-track decisions of one clip, and the clip's decision (its longest track)."""
-    from models.datasets import Sequence  # reads videos with rotation metadata honoured
+    from liveness.models.datasets import Sequence  # reads videos with rotation metadata honoured
 
     clip = Path(path)
     if not clip.is_file():

@@ -20,8 +20,8 @@ from liveness.eyes import EyeHistory, eye_input
 from liveness.face import FacePipeline, crop_jpeg
 from liveness.pacing import FramePacer, sends
 from liveness.tracking import FaceTracker
-from workers.face import check_views, decode_crop
-from workers.runners import OnnxModel
+from liveness.workers.face import check_views, decode_crop
+from liveness.workers.runners import OnnxModel
 
 
 @dataclass

@@ -17,15 +17,15 @@ from typing import ClassVar, Literal
 import numpy as np
 import redis
 
+from liveness import lifecycle
 from liveness.config import Settings, WorkerSettings, load_settings
 from liveness.contract import Keys, Message, Score
 from liveness.defaults import artifact_path
 from liveness.errors import PoisonMessageError
-from liveness import lifecycle
 from liveness.metrics import STAGE_LATENCY
 from liveness.streams import Entry, Outcome, StreamConsumer, consumer_name
-from workers import metrics
-from workers.runners import OnnxModel
+from liveness.workers import metrics
+from liveness.workers.runners import OnnxModel
 
 log = logging.getLogger(__name__)
 

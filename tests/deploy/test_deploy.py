@@ -21,7 +21,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 from deploy.grafana.queries import DASHBOARD, load, panel_queries
-from liveness.cli import COMMANDS
+from liveness.app.cli import COMMANDS
 from liveness.config import load_settings
 from liveness.contract import EyeSample, FaceCrop, Keys
 from liveness.defaults import METRICS_PORT
@@ -31,8 +31,8 @@ DEPLOY = ROOT / "deploy"
 CONFIG_IN_CONTAINER = "/etc/liveness/config.yaml"
 LIVENESS_SERVICES = ("ingest", "face-worker", "eye-worker", "fusion")
 WORKER_STREAMS = {"face-worker": (FaceCrop, "face-workers"), "eye-worker": (EyeSample, "eye-workers")}
-METRIC_MODULES = ("ingest.metrics", "workers.metrics", "fusion.metrics", "liveness.streams", "liveness.metrics",
-                  "liveness.supervisor")
+METRIC_MODULES = ("liveness.ingest.metrics", "liveness.workers.metrics", "liveness.fusion.metrics",
+                  "liveness.streams", "liveness.metrics", "liveness.supervisor")
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "summary": ("", "_sum", "_count")}
 """Sample names a metric family exposes, by type; other types expose their own name."""
 

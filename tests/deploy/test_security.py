@@ -23,9 +23,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoPermissionError
 from redis.retry import Retry
 
+from liveness.app.localredis import PrivateRedis, answers
 from liveness.config import RedisSettings, Settings
 from liveness.contract import Decision, Keys
-from liveness.localredis import PrivateRedis, answers
 from liveness.metrics import serve
 from liveness.redisconn import connect
 from tests.conftest import free_port, liveness_cmd, make_certificates, wait_for

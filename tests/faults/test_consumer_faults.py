@@ -16,17 +16,17 @@ import pytest
 import redis
 import yaml
 
-from fusion.service import FusionConsumer
+from liveness.app.run import process_specs
 from liveness.config import load_settings
 from liveness.contract import Decision, EyeSample, EyeScore, FaceCrop, FaceScore, Keys
 from liveness.evidence import Policy
-from liveness.run import process_specs
+from liveness.fusion.service import FusionConsumer
 from liveness.streams import Entry, Outcome
 from liveness.supervisor import ProcessSpec, Supervisor
+from liveness.workers.eye import EyeWorker
+from liveness.workers.face import FaceWorker
 from tests.conftest import REDIS_URL
 from tests.fixtures import crop_message, real_crops
-from workers.eye import EyeWorker
-from workers.face import FaceWorker
 
 HANDLERS = {"fusion": FusionConsumer, "face-worker-1": FaceWorker, "eye-worker-1": EyeWorker}
 """The consumer class of each process ``liveness run`` starts with one face and one eye worker."""

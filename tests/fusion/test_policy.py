@@ -11,17 +11,17 @@ import pytest
 import redis
 import yaml
 
-import models.evaluate_fused
-from liveness.cli import main
+from liveness.app.cli import main
 from liveness.config import FusionSettings
 from liveness.contract import FaceScore, Keys
 from liveness.errors import ConfigError
 from liveness.evidence import Policy, load_policy
-from models.evaluate_fused import SequenceResult
+from liveness.models import evaluate_fused
+from liveness.models.evaluate_fused import SequenceResult
+from liveness.workers import jobs
+from liveness.workers.offline import OfflineAnalyzer, TrackResult, _Event
 from tests.conftest import wait_for
 from tests.fusion.test_fusion import config, decisions, face, start, stop
-from workers import jobs
-from workers.offline import OfflineAnalyzer, TrackResult, _Event
 
 SCORES = [0.65] * 10
 """Face scores of one track: 1.73 log-odds of evidence at most, so undecided under the default
@@ -65,7 +65,7 @@ def test_live_fusion_evaluate_and_clip_jobs_decide_alike(r: redis.Redis, prefix:
     (root / "spoof" / "t.jpg").touch()  # the scores below stand for its analysis
     scored = [SequenceResult("spoof-t", "spoof", None, "sequence", TrackResult("t", len(SCORES), 0.0, 1.0,
                                                                              events=events()))]
-    monkeypatch.setattr(models.evaluate_fused, "analyze", lambda *args, **kwargs: scored)
+    monkeypatch.setattr(evaluate_fused, "analyze", lambda *args, **kwargs: scored)
     assert main(["evaluate", "--model", "fused", "--config", str(cfg), "--dataset", "folders", "--root", str(root),
                  "--json"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -11,8 +11,8 @@ import cv2
 import pytest
 import yaml
 
-from liveness.cli import main
-from models.datasets import folders
+from liveness.app.cli import main
+from liveness.models.datasets import folders
 from tests.conftest import RtspServer, free_port, liveness_cmd, nuaa_sequence, wait_for
 
 SECRET = "hunter2"

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from liveness.cli import main
-from models.datasets import DatasetError, load, nuaa
+from liveness.app.cli import main
+from liveness.models.datasets import DatasetError, load, nuaa
 
 TRAIN = {"ClientRaw": ["0001_00_00_01_0", "0001_00_00_01_1", "0002_01_00_02_0"],
          "ImposterRaw": ["0001_00_00_01_0", "0001_00_00_01_2"]}

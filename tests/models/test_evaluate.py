@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from liveness.cli import main
+from liveness.app.cli import main
 from liveness.defaults import artifact_path
 from liveness.pad_metrics import auc, bpcer_at_apcer, eer, pad_report
 from tests.conftest import nuaa_sequence

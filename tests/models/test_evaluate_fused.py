@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from liveness.cli import main
+from liveness.app.cli import main
 from liveness.errors import LivenessError
 from liveness.evidence import Policy
-from models.calibrate_fusion import choose, shifted_errors
-from models.evaluate_fused import SequenceResult, subject_half_baselines
-from workers.offline import TrackResult
+from liveness.models.calibrate_fusion import choose, shifted_errors
+from liveness.models.evaluate_fused import SequenceResult, subject_half_baselines
+from liveness.workers.offline import TrackResult
 from tests.conftest import nuaa_sequence
 
 

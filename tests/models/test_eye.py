@@ -9,10 +9,10 @@ import onnxruntime as ort
 import pytest
 
 from liveness.eyes import window_features
-from models.datasets import Dataset, nuaa
-from models.eye_data import eye_tracks
-from models.eye_onnx import INPUT, OUTPUT, feature_graph, to_onnx
-from models.train_eye import (MODELS, _seed_rows, build_windows, fit, seed_runs, seed_split, spoof_scores)
+from liveness.models.datasets import Dataset, nuaa
+from liveness.models.eye_data import eye_tracks
+from liveness.models.eye_onnx import INPUT, OUTPUT, feature_graph, to_onnx
+from liveness.models.train_eye import (MODELS, _seed_rows, build_windows, fit, seed_runs, seed_split, spoof_scores)
 from tests.conftest import NUAA, SHARED
 
 SEED_CSV = SHARED / "data" / "seed-eye-ratio"

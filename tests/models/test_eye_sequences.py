@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from liveness.cli import main
-from models.eye_data import sequence_figures
+from liveness.app.cli import main
+from liveness.models.eye_data import sequence_figures
 from tests.conftest import nuaa_sequence
 
 RULE = {"liveness.sequence_quantile": "0.25", "liveness.sequence_threshold": "0.5"}

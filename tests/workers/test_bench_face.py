@@ -8,7 +8,7 @@ import sys
 
 
 def test_bench_face_prints_ratios_against_its_own_reference() -> None:
-    out = subprocess.run([sys.executable, "-m", "liveness.cli", "bench", "face", "--json"],
+    out = subprocess.run([sys.executable, "-m", "liveness.app.cli", "bench", "face", "--json"],
                          capture_output=True, text=True, timeout=300, check=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     assert result["what"] == "face" and result["model"] and result["threads"] == 1

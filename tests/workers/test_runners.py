@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from liveness.errors import ModelError
-from workers.runners import MAX_MODEL_BYTES, OnnxModel
+from liveness.workers.runners import MAX_MODEL_BYTES, OnnxModel
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402

@@ -63,7 +63,7 @@ def bench_face(args: argparse.Namespace) -> dict[str, Any]:
     """
     from threadpoolctl import threadpool_limits
 
-    from workers.runners import OnnxModel
+    from liveness.workers.runners import OnnxModel
 
     model = OnnxModel(getattr(args, "model", None) or artifact_path("face.onnx"), threads=1)
     rng = np.random.default_rng(0)
@@ -87,7 +87,7 @@ def bench_face(args: argparse.Namespace) -> dict[str, Any]:
 
 def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
     """Full ingest against decoding alone (``ingest/bench.py``)."""
-    from ingest.bench import bench_ingest as ingest
+    from liveness.ingest.bench import bench_ingest as ingest
 
     return ingest(args)
 
@@ -107,7 +107,7 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
     before and after the run, averaged) says how fast the machine was, for comparing runs on
     different machines.
     """
-    from liveness.e2e import bench_e2e as e2e
+    from liveness.app.e2e import bench_e2e as e2e
 
     before = machine_ref_ms()
     result = e2e(args)

@@ -108,7 +108,7 @@ def write_config(cameras: list[dict[str, object]], path: Path, base: Path | None
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.datasets import load
+    from liveness.models.datasets import load
 
     dataset = load(args.dataset, args.root, args.split)
     sequences = interleave(dataset.sequences)

@@ -3,7 +3,7 @@
 Standalone: run it with the system Python, which has the ``gi`` bindings
 (Debian: gir1.2-gst-rtsp-server-1.0, python3-gi, gstreamer1.0-plugins-*):
 
-    /usr/bin/python3 liveness/rtsp_server.py --port 8554 cam1=/frames/a/%05d.jpg@15
+    /usr/bin/python3 app/rtsp_server.py --port 8554 cam1=/frames/a/%05d.jpg@15
 
 serves ``rtsp://127.0.0.1:8554/cam1``. Frames must be numbered from 0 in the pattern: JPEG
 images (encoded live) or H.264 access units (served as they are).
@@ -25,7 +25,7 @@ from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 def pipeline(pattern: str, fps: float) -> str:
     """A launch line that loops numbered files into an RTP H.264 payload.
 
-    ``.h264`` files are access units encoded beforehand (``liveness.replay.stage_frames``) and
+    ``.h264`` files are access units encoded beforehand (``liveness.app.replay.stage_frames``) and
     are only re-packetised; JPEG frames are encoded here, live.
     """
     num, den = (int(round(fps * 1000)), 1000)

@@ -188,25 +188,25 @@ def _bench(p: argparse.ArgumentParser) -> None:
 
 
 COMMANDS: dict[str, tuple[str, str, Adder]] = {
-    "run": ("liveness.run", "run everything: cameras, worker pools, fusion (demo without --config)", _run),
-    "demo": ("liveness.run:demo", "a labelled dataset through the whole pipeline, as a live table", _demo),
-    "ingest": ("ingest.service", "read cameras, publish faces and eye ratios to Redis", _ingest),
-    "collect": ("ingest.collect", "record a labelled entry from a camera: frames or face crops, and eye ratios "
+    "run": ("liveness.app.run", "run everything: cameras, worker pools, fusion (demo without --config)", _run),
+    "demo": ("liveness.app.run:demo", "a labelled dataset through the whole pipeline, as a live table", _demo),
+    "ingest": ("liveness.ingest.service", "read cameras, publish faces and eye ratios to Redis", _ingest),
+    "collect": ("liveness.ingest.collect", "record a labelled entry from a camera: frames or face crops, and eye ratios "
                 "(the only command that writes faces to disk; exit 1 when the camera is lost mid-way)", _collect),
-    "face-worker": ("workers.face", "score face crops with the face model", _worker),
-    "eye-worker": ("workers.eye", "score eye windows with the eye model", _worker),
-    "fusion": ("fusion.service", "join scores per track and decide live/spoof", _fusion),
-    "replay": ("liveness.replay", "serve a labelled dataset as RTSP cameras, write their config", _replay),
-    "analyze": ("workers.jobs:run_analyze", "queue clips for analysis (rq jobs)", _analyze),
-    "jobs-worker": ("workers.jobs:run_worker", "run queued clip jobs", _jobs_worker),
-    "jobs": ("workers.jobs:run_list", "list clip jobs and their results", _config),
-    "decisions": ("fusion.decisions", "print decisions (JSON lines with --json)", _decisions),
-    "label": ("fusion.label", "operator feedback: the ground truth of a track", _label),
-    "train-face": ("models.train_face", "fit the face model's head, leaving each source out in turn, and export it (extra 'train')", _train_face),
-    "train-eye": ("models.train_eye", "train and export the eye model", _train_eye),
-    "train-fusion": ("models.calibrate_fusion", "choose fusion thresholds across sessions", _train_fusion),
-    "evaluate": ("models.evaluate", "ISO/IEC 30107-3 report of a model on a labelled dataset", _evaluate),
-    "bench": ("liveness.bench", "benchmarks with JSON output", _bench),
+    "face-worker": ("liveness.workers.face", "score face crops with the face model", _worker),
+    "eye-worker": ("liveness.workers.eye", "score eye windows with the eye model", _worker),
+    "fusion": ("liveness.fusion.service", "join scores per track and decide live/spoof", _fusion),
+    "replay": ("liveness.app.replay", "serve a labelled dataset as RTSP cameras, write their config", _replay),
+    "analyze": ("liveness.workers.jobs:run_analyze", "queue clips for analysis (rq jobs)", _analyze),
+    "jobs-worker": ("liveness.workers.jobs:run_worker", "run queued clip jobs", _jobs_worker),
+    "jobs": ("liveness.workers.jobs:run_list", "list clip jobs and their results", _config),
+    "decisions": ("liveness.fusion.decisions", "print decisions (JSON lines with --json)", _decisions),
+    "label": ("liveness.fusion.label", "operator feedback: the ground truth of a track", _label),
+    "train-face": ("liveness.models.train_face", "fit the face model's head, leaving each source out in turn, and export it (extra 'train')", _train_face),
+    "train-eye": ("liveness.models.train_eye", "train and export the eye model", _train_eye),
+    "train-fusion": ("liveness.models.calibrate_fusion", "choose fusion thresholds across sessions", _train_fusion),
+    "evaluate": ("liveness.models.evaluate", "ISO/IEC 30107-3 report of a model on a labelled dataset", _evaluate),
+    "bench": ("liveness.app.bench", "benchmarks with JSON output", _bench),
 }
 """name -> (module with run(args), help, argument adder). ``train face`` maps to ``train-face``."""
 

@@ -19,19 +19,19 @@ from pathlib import Path
 
 import yaml
 
-from fusion import service as fusion_service
-from fusion.decisions import tail
-from ingest.service import run_camera
+from liveness.app.demo import write_clip
+from liveness.app.localredis import PrivateRedis, answers
 from liveness.config import Settings, load_settings
 from liveness.contract import Decision, Keys
-from liveness.demo import write_clip
-from liveness.localredis import PrivateRedis, answers
+from liveness.fusion import service as fusion_service
+from liveness.fusion.decisions import tail
+from liveness.ingest.service import run_camera
 from liveness.metrics import serve
 from liveness.redaction import redact_url
 from liveness.redisconn import connect
 from liveness.supervisor import ProcessSpec, Supervisor
-from workers import eye as eye_worker
-from workers import face as face_worker
+from liveness.workers import eye as eye_worker
+from liveness.workers import face as face_worker
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +142,9 @@ def show_table(settings: Settings, stop: threading.Event, every_s: float = 1.0) 
 
 def demo(args: argparse.Namespace) -> int:
     """``liveness demo``: a labelled dataset replayed over RTSP through the whole pipeline."""
-    from models.datasets import load
+    from liveness.models.datasets import load
 
-    from liveness.replay import Replay, interleave
+    from liveness.app.replay import Replay, interleave
 
     dataset = load(args.dataset, args.root, args.split)
     sequences = interleave(dataset.sequences)[: args.limit]

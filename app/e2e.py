@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from liveness.app.localredis import PrivateRedis, free_port
+from liveness.app.replay import Replay, interleave
+from liveness.app.run import process_specs, write_config
 from liveness.config import Settings, load_settings
 from liveness.contract import Decision, Keys
 from liveness.errors import LivenessError
-from liveness.localredis import PrivateRedis, free_port
 from liveness.redisconn import connect
-from liveness.replay import Replay, interleave
-from liveness.run import process_specs, write_config
 from liveness.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, object]:
     root = Path(getattr(args, "root", None) or NUAA_ROOT)
     if not root.is_dir():
         raise LivenessError(f"bench e2e: NUAA data not found at {root}")
-    from models.datasets import nuaa
+    from liveness.models.datasets import nuaa
 
     sequences = interleave(nuaa(root, "all").sequences)
     cams = [sequences[i % len(sequences)] for i in range(args.cameras)]

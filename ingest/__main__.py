@@ -1,5 +1,0 @@
-import sys
-
-from liveness.cli import main
-
-sys.exit(main(["ingest", *sys.argv[1:]]))

@@ -101,7 +101,7 @@ def machine_ref_ms(repeats: int = 5) -> float:
 
 
 def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
-    """The whole pipeline with N RTSP cameras (``liveness/e2e.py``).
+    """The whole pipeline with N RTSP cameras (``app/e2e.py``).
 
     Its target is absolute (N cameras on this machine), so ``ref_ms`` (the reference, taken
     before and after the run, averaged) says how fast the machine was, for comparing runs on

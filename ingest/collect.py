@@ -23,11 +23,11 @@ from pathlib import Path
 import cv2
 
 from liveness.config import CameraSettings, load_settings
+from liveness.defaults import SEQUENCE_FPS
 from liveness.errors import LivenessError
 from liveness.face import FacePipeline
 from liveness.ingest.capture import FileReader, LatestFrameReader, describe, is_live, open_capture
 from liveness.lifecycle import stop_on_signals
-from liveness.models.datasets import NUAA_FPS
 from liveness.pacing import FramePacer
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ EYES_FILE = "eyes.csv"
 JPEG_QUALITY = 95
 """Recorded frames are evaluated and trained on later: little loss on top of the camera's own."""
 
-RECORD_FPS = NUAA_FPS
+RECORD_FPS = SEQUENCE_FPS
 """Frames per second recorded: what ``--dataset folders`` assumes when it reads a folder of frames."""
 
 RATE_TOLERANCE = 0.1

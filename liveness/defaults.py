@@ -23,6 +23,10 @@ CROP_RETENTION_S = 60.0
 METRICS_PORT = 9400
 """First port of the Prometheus endpoints; each process takes the next free one from here."""
 
+SEQUENCE_FPS = 15.0
+"""Rate of image sequences, whose frames carry no timestamps: NUAA's, and the folders
+``liveness collect`` records, which ``--dataset folders`` reads back at this rate."""
+
 
 def artifact_path(name: str) -> Path:
     """Path of a shipped model in ``liveness.models``' ``artifacts``.

@@ -113,7 +113,7 @@ def eye_input(window: Sequence[Sequence[float]], open_level: float) -> np.ndarra
 def window_features(x: np.ndarray) -> np.ndarray:
     """``FEATURES`` of input rows ``(N, INPUT_SIZE)``, float32 ``(N, len(FEATURES))``.
 
-    The ONNX graph of ``models.eye_onnx`` computes exactly this, op for op, in float32.
+    The ONNX graph of ``liveness.models.eye_onnx`` computes exactly this, op for op, in float32.
     """
     x = np.asarray(x, dtype=np.float32).reshape(-1, INPUT_SIZE)
     w = x[:, :-1].reshape(-1, EYE_WINDOW, 2) / np.maximum(x[:, -1:], np.float32(_EPS))[:, :, None]

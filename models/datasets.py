@@ -16,12 +16,11 @@ from typing import Iterator, Literal
 import cv2
 import numpy as np
 
+from liveness.defaults import SEQUENCE_FPS
 from liveness.errors import LivenessError
+from liveness.video import read_video
 
 log = logging.getLogger(__name__)
-
-NUAA_FPS = 15.0
-"""Nominal rate at which NUAA frames are replayed; its frames carry no timestamps."""
 
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 VIDEO_EXT = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
@@ -50,7 +49,7 @@ class Sequence:
     label: Label
     frames: list[Path] = field(default_factory=list)
     video: Path | None = None
-    fps: float = NUAA_FPS
+    fps: float = SEQUENCE_FPS
     subject: str | None = None
     session: str | None = None
 
@@ -67,23 +66,7 @@ class Sequence:
                     continue
                 yield i / self.fps, img
             return
-        cap = cv2.VideoCapture(str(self.video), cv2.CAP_FFMPEG)
-        try:
-            if not cap.isOpened():
-                log.warning("dataset: cannot open video %s, skipped", self.video)
-                return
-            cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)  # honour rotation metadata
-            fps = cap.get(cv2.CAP_PROP_FPS)
-            fps = fps if 1.0 <= fps <= 240.0 else 30.0
-            i = 0
-            while max_frames is None or i < max_frames:
-                ok, img = cap.read()
-                if not ok:
-                    break
-                yield i / fps, img
-                i += 1
-        finally:
-            cap.release()
+        yield from read_video(self.video, max_frames)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """``liveness evaluate``: the ISO/IEC 30107-3 report of a model on a labelled dataset.
 
-Attacks are the positive class. Models run through onnxruntime (``workers.runners``), as
+Attacks are the positive class. Models run through onnxruntime (``liveness.workers.runners``), as
 in production, never through torch. Each model kind has one evaluation function in
 ``EVALUATORS``; the eye and fused evaluations are added there by their owners.
 """

@@ -3,7 +3,7 @@
 Input: a batch of published crops, ``(N, 80, 160, 3)`` BGR 0..255, the 2.7x view then the
 4.0x view side by side (``liveness.face.face_views``). Output: ``(N, 1)`` spoof probability.
 The pair stays frozen; the head is a logistic regression on the two 128-d embeddings,
-fitted on every source in ``liveness train face`` (``models.train_face``).
+fitted on every source in ``liveness train face`` (``liveness.models.train_face``).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from liveness.errors import LivenessError
 from liveness.evidence import load_policy
 from liveness.eyes import INPUT_SIZE
 from liveness.redisconn import connect
+from liveness.video import read_video
 from liveness.workers.offline import OfflineAnalyzer
 from liveness.workers.runners import FACE_INPUT_SHAPE, OnnxModel
 
@@ -57,13 +58,11 @@ def analyzer(config: str | None) -> OfflineAnalyzer:
 
 def analyze_clip(path: str, config: str | None = None) -> dict[str, object]:
     """The job: per-track decisions of one clip, and the clip's decision (its longest track)."""
-    from liveness.models.datasets import Sequence  # reads videos with rotation metadata honoured
-
     clip = Path(path)
     if not clip.is_file():
         raise LivenessError(f"clip {path}: no such file on this worker")
     t0 = time.time()
-    tracks = analyzer(config).analyze(Sequence(clip.name, "live", video=clip).read())
+    tracks = analyzer(config).analyze(read_video(clip))
     decision = tracks[0].verdict if tracks else "undecided"
     return {
         "clip": str(clip), "decision": decision, "seconds": round(time.time() - t0, 2),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -21,6 +22,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 from deploy.grafana.queries import DASHBOARD, load, panel_queries
+from liveness import __version__
 from liveness.app.cli import COMMANDS
 from liveness.config import load_settings
 from liveness.contract import EyeSample, FaceCrop, Keys
@@ -311,10 +313,22 @@ def test_dockerfile_runs_liveness_as_non_root() -> None:
 
 
 def test_wheel_ships_the_models(tmp_path: Path) -> None:
-    """What the image installs: the models must be inside the wheel, as package data."""
+    """What the image installs: one ``liveness`` namespace, the models inside it as package data.
+
+    Built from the image's build context (``.dockerignore`` applied): setuptools would also pack
+    whatever a stale ``build/`` of the checkout holds.
+    """
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    ignored = [ln.strip().removeprefix("**/") for ln in lines if ln.strip() and not ln.startswith("#")]
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(*ignored))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+                           "-w", str(tmp_path), str(src)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     (wheel,) = tmp_path.glob("liveness-*.whl")
-    committed = {f"models/artifacts/{p.name}" for p in (ROOT / "models" / "artifacts").glob("*.onnx")}
-    assert committed and committed <= set(zipfile.ZipFile(wheel).namelist())
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {n.split("/")[0] for n in names} == {"liveness", f"liveness-{__version__}.dist-info"}
+    for package in ("app", "ingest", "workers", "fusion", "models"):
+        assert f"liveness/{package}/__init__.py" in names
+    committed = {f"liveness/models/artifacts/{p.name}" for p in (ROOT / "models" / "artifacts").glob("*.onnx")}
+    assert committed and committed <= names

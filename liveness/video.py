@@ -1,0 +1,40 @@
+"""Frames of a video file for the offline paths (dataset readers, clip jobs), as ingest would see them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FPS = 30.0
+"""Frame rate assumed when a file states none that is plausible (1-240)."""
+
+
+def read_video(path: Path, max_frames: int | None = None) -> Iterator[tuple[float, np.ndarray]]:
+    """Yield ``(seconds since start, BGR frame)`` upright: phones record rotation as metadata.
+
+    A file that cannot be opened yields nothing and is logged, so one bad clip of a dataset
+    does not stop the others.
+    """
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    try:
+        if not cap.isOpened():
+            log.warning("video: cannot open %s, skipped", path)
+            return
+        cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        fps = fps if 1.0 <= fps <= 240.0 else DEFAULT_FPS
+        i = 0
+        while max_frames is None or i < max_frames:
+            ok, img = cap.read()
+            if not ok:
+                break
+            yield i / fps, img
+            i += 1
+    finally:
+        cap.release()

@@ -133,6 +133,8 @@ def _train_face(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="models/artifacts/face.onnx", help="ONNX file to write")
     p.add_argument("--limit", type=int, default=None, help="at most N frames per source (smoke runs)")
     p.add_argument("--no-export", action="store_true", help="leave-one-source-out figures only")
+    p.add_argument("--fold-models", metavar="DIR", help="also write each source's model fitted without it "
+                   "(face_loso_<source>.onnx, for train fusion)")
     p.add_argument("--report", metavar="FILE.json", help="write the figures here too")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
@@ -148,10 +150,13 @@ def _train_eye(p: argparse.ArgumentParser) -> None:
 
 
 def _train_fusion(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--root", required=True, help="NUAA root")
-    p.add_argument("--fold-models", required=True, metavar="DIR", help="face_trNN.onnx and eye_trNN.onnx per session")
+    p.add_argument("--nuaa", metavar="ROOT", help="NUAA root: each capture session is one source")
+    p.add_argument("--folders", metavar="ROOT", help="folders root: each subfolder with live/ and spoof/ is one source")
+    p.add_argument("--fold-models", required=True, metavar="DIR",
+                   help="face_loso_<source>.onnx (train face --fold-models) and eye_trNN.onnx (train eye --train-session)")
     p.add_argument("--out", default="models/artifacts/fusion.json", help="policy file to write")
-    p.add_argument("--report", metavar="FILE.json", help="write the cross-session figures here")
+    p.add_argument("--report", metavar="FILE.json", help="write the figures here too")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--workers", type=int, default=1, help="parallel processes")
 
 
@@ -204,7 +209,7 @@ COMMANDS: dict[str, tuple[str, str, Adder]] = {
     "label": ("liveness.fusion.label", "operator feedback: the ground truth of a track", _label),
     "train-face": ("liveness.models.train_face", "fit the face model's head, leaving each source out in turn, and export it (extra 'train')", _train_face),
     "train-eye": ("liveness.models.train_eye", "train and export the eye model", _train_eye),
-    "train-fusion": ("liveness.models.calibrate_fusion", "choose fusion thresholds across sessions", _train_fusion),
+    "train-fusion": ("liveness.models.calibrate_fusion", "choose the fusion policy, leaving each source out in turn", _train_fusion),
     "evaluate": ("liveness.models.evaluate", "ISO/IEC 30107-3 report of a model on a labelled dataset", _evaluate),
     "bench": ("liveness.app.bench", "benchmarks with JSON output", _bench),
 }

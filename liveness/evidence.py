@@ -104,8 +104,13 @@ def live_baseline(live_means: list[float], policy: Policy) -> float | None:
 
 
 def face_neutral(policy: Policy, baseline: float | None) -> float:
-    """The face log-odds at which one crop is neutral, for a camera with ``baseline`` (None: uncalibrated)."""
-    return _logit(policy.face_threshold) if baseline is None else baseline + policy.face_margin
+    """The face log-odds at which one crop is neutral, for a camera with ``baseline`` (None: uncalibrated).
+
+    A calibration only ever lowers it (makes the camera stricter): labels, right or wrong, can never
+    make a camera accept an attack the uncalibrated policy would refuse.
+    """
+    uncalibrated = _logit(policy.face_threshold)
+    return uncalibrated if baseline is None else min(uncalibrated, baseline + policy.face_margin)
 
 
 @dataclass

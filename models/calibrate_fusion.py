@@ -1,21 +1,24 @@
-"""``liveness train fusion``: choose fusion's thresholds from data, honestly, across sessions.
+"""``liveness train fusion``: choose fusion's policy on sources the models did not see.
 
-Each NUAA capture session is scored by fold models trained on the *other* session (so every
-score is out of sample). A policy is chosen on one session's scores and reported on the other
-(both ways); the shipped policy is then chosen on both sessions' out-of-sample scores. The
-objective is the operating point: no attack accepted (APCER = 0 on the selection set), then
-the fewest live faces rejected, then the quickest decision for live faces; among policies tied
-on all three, the one whose decisions survive the camera's calibration moving (``SHIFTS``), not
-the grid's first.
+The same sources as ``liveness train face``: each NUAA capture session and each webcam room.
+Every sequence is scored by a face model whose head was fitted without its source (a fold
+model, written to ``--fold-models``), so every score is out of source. A policy is chosen on
+all sources but one and reported on that one, each in turn; the shipped policy is chosen on
+all of them. The objective: the lowest mean ACER over the sources (each source weighs the
+same), then the fewest attacks accepted, then the quickest live decision.
 
-Policies are searched for calibrated cameras (``evaluate --calibrate subjects``: half of a
-session's subjects calibrate, the other half is scored, both ways); the neutral point of
-uncalibrated cameras (``face_threshold``) is then chosen with everything else fixed, and both
-are reported across sessions. Uncalibrated cameras get the strictest of the neutral points that
-the sessions and their pool chose, since a room's choice does not carry to another room.
+Sequences: NUAA's are videos (one per subject, glasses, position and session). A webcam room
+holds 150 frames per class spread evenly over one recording, so consecutive frames are
+seconds apart: they are cut into slow sequences of ``ROOM_CHUNK`` frames, played at 10 fps.
+Their eye windows would sample lids seconds apart, which says nothing of a blink, so rooms
+carry face evidence only; eye evidence is weighed on NUAA, with eye models trained on the
+other capture session (``DIR/eye_trNN.onnx`` from ``liveness train eye --train-session NN``).
 
-Fold models (``DIR/face_trNN.onnx``, ``DIR/eye_trNN.onnx``: trained on session NN) come from
-``liveness train face --val-session MM`` and ``liveness train eye --train-session NN``.
+Calibration (``liveness label --recent``) only ever makes a camera stricter: its neutral
+point is its live faces' median plus the margin, but never above the uncalibrated one
+(``liveness.evidence.face_neutral``). So it cannot accept more attacks than the uncalibrated
+policy, whatever its labels; the report shows both on every source (half of each source's
+live sequences calibrate, the other half and the attacks are reported, then the reverse).
 """
 
 from __future__ import annotations
@@ -23,153 +26,170 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import logging
 import statistics
 from pathlib import Path
 from typing import Any
 
 from liveness.errors import LivenessError
-from liveness.evidence import Policy
-from liveness.models.datasets import nuaa
-from liveness.models.evaluate_fused import SequenceResult, analyze, report, subject_half_baselines
+from liveness.evidence import Policy, live_baseline
+from liveness.models.datasets import Sequence, folders, nuaa
+from liveness.models.evaluate_fused import SequenceResult, analyze, report
+
+log = logging.getLogger(__name__)
+
+ROOM_CHUNK = 15
+"""Frames of a webcam room per slow sequence (1.5 s at 10 fps)."""
+
+ROOM_FPS = 10.0
 
 GRID = {
-    "face_margin": [1.0, 2.0, 3.0, 4.0, 5.0],
+    "face_threshold": [0.5, 0.65, 0.8, 0.9, 0.95, 0.98],
     "face_weight": [0.25, 0.5],
     "face_cap": [4, 12],
     "eye_weight": [0.0, 1.0, 2.0],
-    "eye_threshold": [0.2, 0.35],
     "spoof_at": [1.5, 3.0],
-    "live_at": [2.0, 4.0, 6.0],
+    "live_at": [2.0, 4.0],
 }
-"""Policies tried for calibrated cameras: every combination (1440)."""
+"""Policies tried: every combination (576); the rest of ``Policy`` keeps its defaults."""
 
-SHIFTS = (-2.0, -1.5, -1.0, -0.5, 0.5, 1.0, 1.5, 2.0)
-"""Log-odds by which a calibrated camera's neutral point is moved to test a tied policy. Why: people
-of one room sit that far apart (NUAA's 0004 live at -1.9 against -3.4 to -4.8 for the others), and
-the grid's first tied policy is the one with the smallest margin, the nearest to rejecting them."""
-
-FACE_THRESHOLDS = [0.001, 0.003, 0.01, 0.03, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 0.95, 0.98]
-"""Neutral points tried for uncalibrated cameras, the rest of the policy fixed."""
+MARGINS = [3.0, 5.0, 8.0, 12.0]
+"""Calibrated cameras' neutral point above their live median (log-odds), chosen once the rest is."""
 
 
-def _cost(out: dict[str, Any]) -> tuple[float, float, float]:
-    apcer = out["apcer"] if out["apcer"] is not None else 0.0
-    bpcer = out["bpcer"] if out["bpcer"] is not None else 0.0
-    ttd = out["time_to_decision_live_median_s"] or 99.0
-    return (apcer > 0.0, apcer + bpcer, ttd)
+def room_sequences(root: str, room: str) -> list[Sequence]:
+    """A room's frames of each class, in recording order, cut into slow sequences."""
+    out = []
+    for label in ("live", "spoof"):
+        frames = [p for s in folders(root, room).sequences if s.label == label for p in s.frames]
+        for k in range(0, len(frames) - ROOM_CHUNK + 1, ROOM_CHUNK):
+            out.append(Sequence(f"{room}-{label}-{k // ROOM_CHUNK:02d}", label, frames[k:k + ROOM_CHUNK],  # type: ignore[arg-type]
+                                fps=ROOM_FPS, subject=f"{room}-{'ab'[(k // ROOM_CHUNK) % 2]}", session=room))
+    return out
 
 
-def shifted_errors(results: list[SequenceResult], policy: Policy,
-                   baselines: list[float | None]) -> tuple[float, float]:
-    """APCER and BPCER of ``policy``, each summed over calibrations moved by each of ``SHIFTS``: how
-    near its decisions are to flipping when the scored people sit higher or lower than the
-    calibrating ones. APCER first: this product prefers a false "spoof" to a false "live"."""
-    apcer = bpcer = 0.0
-    for shift in SHIFTS:
-        moved = [None if b is None else b + shift for b in baselines]
-        out = report(results, policy, baselines=moved)[0]
-        apcer, bpcer = apcer + (out["apcer"] or 0.0), bpcer + (out["bpcer"] or 0.0)
-    return apcer, bpcer
+def score_sources(nuaa_root: str | None, folders_root: str | None, folds: Path, workers: int) -> dict[str, list[SequenceResult]]:
+    """Every source's sequences through the offline pipeline with that source's fold models."""
+    from liveness.models.train_face import sources
+
+    out: dict[str, list[SequenceResult]] = {}
+    for name, kind, split in sources(nuaa_root, folders_root):
+        face = folds / f"face_loso_{name}.onnx"
+        if kind == "nuaa":
+            session = split.removeprefix("session-")
+            others = [p for p in sorted(folds.glob("eye_tr*.onnx")) if p.stem != f"eye_tr{session}"]
+            if not others:
+                raise LivenessError(f"{folds}: no eye model trained without session {session} (eye_trNN.onnx)")
+            eye, seqs = others[0], nuaa(nuaa_root, split).sequences  # type: ignore[arg-type]
+        else:
+            eye, seqs = folds / "eye_tr01.onnx", room_sequences(folders_root, split)  # type: ignore[arg-type]
+        if not face.is_file() or not eye.is_file():
+            raise LivenessError(f"{folds}: fold model {face.name} or {eye.name} missing (liveness train face "
+                                "--fold-models DIR; liveness train eye --train-session NN)")
+        results = analyze(seqs, str(face), str(eye), Policy(), workers=workers)
+        if kind == "folders":
+            for r in results:
+                if r.track is not None:
+                    r.track.events = [e for e in r.track.events if e[2] == "face"]
+        out[name] = results
+        log.info("train fusion: %s, %d sequences", name, len(results))
+    return out
 
 
-def _best(results: list[SequenceResult], policies: list[Policy],
-          baselines: list[float | None] | None) -> tuple[Policy, dict[str, Any], list[Policy]]:
-    """The policy of the lowest cost, its report, and every policy tied with it.
-
-    Why the ties: one NUAA session has 18-43 sequences, so hundreds of policies often make the
-    same errors. With calibrations, the tied policy with the fewest ``shifted_errors`` is taken
-    (the first of those in the grid's order); without, the first (the grids list the strictest first).
-    """
-    best: tuple[tuple[float, float, float], Policy, dict[str, Any]] | None = None
-    tied: list[Policy] = []
-    for policy in policies:
-        out = report(results, policy, baselines=baselines)[0]
-        cost = _cost(out)
-        if best is None or cost < best[0]:
-            best, tied = (cost, policy, out), [policy]
-        elif cost == best[0]:
-            tied.append(policy)
-    assert best is not None
-    if baselines is None or len(tied) == 1:
-        return best[1], best[2], tied
-    pick = min(tied, key=lambda p: shifted_errors(results, p, baselines))
-    return pick, report(results, pick, baselines=baselines)[0], tied
+def half_baselines(results: list[SequenceResult], policy: Policy) -> list[float | None]:
+    """Each sequence's camera calibration from the live sequences of the other half of its source's subjects."""
+    subjects = sorted({r.subject or "" for r in results})
+    halves = [set(subjects[0::2]), set(subjects[1::2])]
+    baselines: list[float | None] = [None] * len(results)
+    for half, other in (halves, halves[::-1]):
+        lives = [r.track.face_logit_mean for r in results
+                 if r.subject in other and r.label == "live" and r.track is not None]
+        baseline = live_baseline([m for m in lives if m is not None], policy)
+        for i, r in enumerate(results):
+            if r.subject in half:
+                baselines[i] = baseline
+    return baselines
 
 
-def _report(results: list[SequenceResult], policy: Policy, calibrated: bool) -> dict[str, Any]:
-    return report(results, policy, baselines=subject_half_baselines(results, policy) if calibrated else None)[0]
+def figures(scored: dict[str, list[SequenceResult]], policy: Policy, calibrated: bool = False) -> dict[str, dict[str, Any]]:
+    """Per source: APCER, BPCER, ACER, attacks accepted, undecided, median time to a live decision."""
+    out = {}
+    for name, results in scored.items():
+        rep = report(results, policy, baselines=half_baselines(results, policy) if calibrated else None)[0]
+        out[name] = {k: rep[k] for k in ("n_live", "n_spoof", "apcer", "bpcer", "acer", "undecided",
+                                          "time_to_decision_live_median_s")}
+        out[name]["attacks_accepted"] = round((rep["apcer"] or 0.0) * rep["n_spoof"])
+    return out
 
 
-def choose(results: list[SequenceResult]) -> tuple[Policy, dict[str, Any], list[Policy]]:
-    """The best calibrated policy of the grid on ``results`` (scores are replayed, not recomputed),
-    its report, and the policies tied with it."""
+def cost(per_source: dict[str, dict[str, Any]]) -> tuple[float, float, float]:
+    acer = statistics.fmean(f["acer"] for f in per_source.values())
+    apcer = statistics.fmean(f["apcer"] for f in per_source.values())
+    ttd = [f["time_to_decision_live_median_s"] for f in per_source.values() if f["time_to_decision_live_median_s"]]
+    return round(acer, 6), round(apcer, 6), statistics.median(ttd) if ttd else 99.0
+
+
+def grid() -> list[Policy]:
     keys = list(GRID)
-    grid = [Policy(**dict(zip(keys, values))) for values in itertools.product(*(GRID[k] for k in keys))]
-    return _best(results, grid, subject_half_baselines(results, grid[0]))
+    return [Policy(**dict(zip(keys, values))) for values in itertools.product(*(GRID[k] for k in keys))]
 
 
-def choose_uncalibrated(results: list[SequenceResult], policy: Policy) -> tuple[Policy, dict[str, Any]]:
-    """``policy`` with the best neutral point for cameras nobody calibrated."""
-    grid = [policy.model_copy(update={"face_threshold": t}) for t in FACE_THRESHOLDS]
-    return _best(results, grid, None)[:2]
+def choose_margin(scored: dict[str, list[SequenceResult]], policy: Policy, sources: list[str]) -> Policy:
+    """``policy`` with the margin that serves calibrated cameras of ``sources`` best."""
+    tried = [policy.model_copy(update={"face_margin": m}) for m in MARGINS]
+    return min(tried, key=lambda p: cost(figures({s: scored[s] for s in sources}, p, calibrated=True)))
 
 
-def _over_tied(results: list[SequenceResult], tied: list[Policy]) -> dict[str, float]:
-    """ACER on ``results`` of every policy tied best on the selection set: a figure that does not
-    depend on which of them the grid happened to list first."""
-    acers = [_report(results, p, calibrated=True)["acer"] for p in tied]
-    return {"policies": len(tied), "acer_mean": statistics.fmean(acers), "acer_min": min(acers),
-            "acer_max": max(acers), "error_free_share": sum(a == 0.0 for a in acers) / len(acers)}
+def choose(table: list[dict[str, dict[str, Any]]], sources: list[str]) -> int:
+    """Index of the best policy on ``sources``, from every policy's per-source figures."""
+    return min(range(len(table)), key=lambda i: cost({s: table[i][s] for s in sources}))
 
 
-def _brief(out: dict[str, Any]) -> dict[str, Any]:
-    keys = ("n_live", "n_spoof", "apcer", "bpcer", "acer", "auc", "undecided", "time_to_decision_median_s",
-            "time_to_decision_live_median_s", "time_to_decision_median_frames", "errors")
-    return {k: out.get(k) for k in keys}
-
-
-def _mean(folds: dict[str, dict[str, Any]], which: str) -> dict[str, float]:
-    reported = [f[which] for f in folds.values()]
-    return {k: statistics.fmean(r[k] for r in reported if r[k] is not None)
-            for k in ("apcer", "bpcer", "acer", "auc") if any(r[k] is not None for r in reported)}
+def _summary(per_source: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    worst = max(per_source, key=lambda s: per_source[s]["acer"])
+    return {"mean_acer": statistics.fmean(f["acer"] for f in per_source.values()), "worst_acer": per_source[worst]["acer"],
+            "worst_source": worst, "attacks_accepted": sum(f["attacks_accepted"] for f in per_source.values()),
+            "per_source": per_source}
 
 
 def run(args: argparse.Namespace) -> int:
-    folds_dir = Path(args.fold_models)
-    sessions = ["01", "02"]
-    scored: dict[str, list[SequenceResult]] = {}
-    for test, train in (("01", "02"), ("02", "01")):
-        face, eye = folds_dir / f"face_tr{train}.onnx", folds_dir / f"eye_tr{train}.onnx"
-        if not face.is_file() or not eye.is_file():
-            raise LivenessError(f"fold models for session {train} missing in {folds_dir} (see this module's doc)")
-        seqs = nuaa(args.root, f"session-{test}").sequences
-        scored[test] = analyze(seqs, str(face), str(eye), Policy(), workers=args.workers)
-    folds = {}
-    for chosen_on, reported_on in (("01", "02"), ("02", "01")):
-        policy, on_selection, tied = choose(scored[chosen_on])
-        policy, on_selection_uncal = choose_uncalibrated(scored[chosen_on], policy)
-        folds[f"chosen_on_{chosen_on}_reported_on_{reported_on}"] = {
-            "policy": policy.model_dump(), "selection": _brief(on_selection),
-            "reported": _brief(_report(scored[reported_on], policy, calibrated=True)),
-            "reported_over_tied": _over_tied(scored[reported_on], tied),
-            "selection_uncalibrated": _brief(on_selection_uncal),
-            "reported_uncalibrated": _brief(_report(scored[reported_on], policy, calibrated=False))}
-    pooled_results = scored["01"] + scored["02"]
-    final, pooled, _ = choose(pooled_results)
-    final, _ = choose_uncalibrated(pooled_results, final)
-    # an uncalibrated camera is a room nobody measured: ship the strictest neutral point any
-    # selection set chose (one room's choice accepts attacks in another, see fusion.md)
-    strictest = min([final.face_threshold] + [f["policy"]["face_threshold"] for f in folds.values()])
-    final = final.model_copy(update={"face_threshold": strictest})
-    pooled_uncal = _report(pooled_results, final, calibrated=False)
-    result = {"cross_session": folds, "cross_session_mean": _mean(folds, "reported"),
-              "cross_session_mean_uncalibrated": _mean(folds, "reported_uncalibrated"),
-              "cross_session_mean_over_tied": statistics.fmean(f["reported_over_tied"]["acer_mean"]
-                                                               for f in folds.values()),
-              "shipped_policy": final.model_dump(), "shipped_policy_on_pooled_out_of_sample": _brief(pooled),
-              "shipped_policy_on_pooled_out_of_sample_uncalibrated": _brief(pooled_uncal), "sessions": sessions}
+    folds = Path(args.fold_models)
+    scored = score_sources(args.nuaa, args.folders, folds, args.workers)
+    policies = grid()
+    table = [figures(scored, p) for p in policies]
+    held_out: dict[str, dict[str, Any]] = {}
+    held_out_calibrated: dict[str, dict[str, Any]] = {}
+    for held in scored:
+        others = [s for s in scored if s != held]
+        policy = policies[choose(table, others)]
+        held_out[held] = table[policies.index(policy)][held]
+        policy = choose_margin(scored, policy, others)
+        held_out_calibrated[held] = figures({held: scored[held]}, policy, calibrated=True)[held]
+        log.info("train fusion: %s left out: ACER %.4f", held, held_out[held]["acer"])
+    final = choose_margin(scored, policies[choose(table, list(scored))], list(scored))
+    uncal, cal = figures(scored, final), figures(scored, final, calibrated=True)
+    never_more = all(cal[s]["attacks_accepted"] <= uncal[s]["attacks_accepted"] for s in scored)
+    result = {"protocol": "leave-one-source-out", "unit": "sequence", "room_chunk_frames": ROOM_CHUNK,
+              "held_out": _summary(held_out), "held_out_calibrated": _summary(held_out_calibrated),
+              "shipped_policy": final.model_dump(), "shipped_on_sources": _summary(uncal),
+              "shipped_on_sources_calibrated": _summary(cal),
+              "calibration_never_accepts_more_attacks": never_more,
+              "time_to_live_decision_median_s": cost(uncal)[2]}
     Path(args.out).write_text(json.dumps(final.model_dump(), indent=2) + "\n")
     if args.report:
-        Path(args.report).write_text(json.dumps(result, indent=2, default=float) + "\n")
-    print(json.dumps(result, default=float))
+        Path(args.report).write_text(json.dumps(result, indent=1, default=float) + "\n")
+    print(json.dumps(result, default=float) if args.json else _human(result))
     return 0
+
+
+def _human(result: dict[str, Any]) -> str:
+    lines = []
+    for key in ("held_out", "held_out_calibrated", "shipped_on_sources", "shipped_on_sources_calibrated"):
+        s = result[key]
+        lines.append(f"{key}: mean ACER {s['mean_acer']:.4f}, worst {s['worst_acer']:.4f} ({s['worst_source']}), "
+                     f"attacks accepted {s['attacks_accepted']}")
+        lines += [f"  {name:>16}  ACER {f['acer']:.4f}  APCER {f['apcer']:.4f}  BPCER {f['bpcer']:.4f}  "
+                  f"undecided {f['undecided']}  live in {f['time_to_decision_live_median_s']} s"
+                  for name, f in s["per_source"].items()]
+    lines.append(f"shipped policy: {json.dumps(result['shipped_policy'])}")
+    return "\n".join(lines)

@@ -153,6 +153,24 @@ def leave_one_source_out(all_sources: list[Source]) -> dict[str, Any]:
     return {"protocol": "leave-one-source-out", "unit": "frame", "model": summary(rows), "pretrained_pair": summary(baseline)}
 
 
+def write_fold_models(all_sources: list[Source], folder: Path, pretrained: str | None) -> list[str]:
+    """``face_loso_<source>.onnx``: each source's model fitted without it, for ``liveness train fusion``."""
+    from liveness.models.face_model import PRETRAINED, FaceModel, export_onnx, pretrained_pair
+
+    paths = []
+    for held in all_sources:
+        train = [s for s in all_sources if s is not held]
+        weight, bias = fit_head(train)
+        threshold = pick_threshold([(head_scores(s, weight, bias), s.data.labels) for s in train])
+        path = folder / f"face_loso_{held.name}.onnx"
+        check = held.data.crops[held.data.has_face][:8].astype(np.float32)
+        export_onnx(FaceModel(pretrained_pair(pretrained or PRETRAINED), weight, bias), path,
+                    {"liveness.name": "face", "liveness.version": f"{VERSION}-without-{held.name}",
+                     "liveness.threshold": repr(threshold), "liveness.views": json.dumps(list(CROP.views))}, check)
+        paths.append(str(path))
+    return paths
+
+
 def run(args: argparse.Namespace) -> int:
     if not (args.nuaa or args.folders):
         raise LivenessError("train face: give --nuaa ROOT and/or --folders ROOT")
@@ -175,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
                 "liveness.loso_mean_acer": f"{report['model']['mean_acer']:.4f}"}
         report["export_max_diff"] = export_onnx(model, args.out, meta, check)
         report["out"] = str(args.out)
+    if args.fold_models:
+        report["fold_models"] = write_fold_models(all_sources, Path(args.fold_models), args.pretrained)
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=1))
     print(json.dumps(report) if args.json else _human(report))

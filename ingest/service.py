@@ -42,6 +42,10 @@ LAG_CHECK_S = 0.5
 TRIM_EVERY_S = 1.0
 """How often ingest trims face crops older than the retention, seconds."""
 
+DECIDED_SLOWDOWN = 4
+"""A track fusion has decided sends a crop this many times less often: its face keeps being
+checked (a verdict can change), but the face workers' time goes to the tracks still undecided."""
+
 OUTBOX_MAX = 64
 """Messages held before a write to Redis is forced."""
 
@@ -58,6 +62,7 @@ class TrackState:
 
     eyes: EyeHistory = field(default_factory=EyeHistory)
     frames: int = 0
+    decided: bool = False
 
 
 class IngestService:
@@ -212,7 +217,7 @@ class IngestService:
         metrics.TRACKS_OPEN.labels(cam).set(len(tracks))
         if not tracks:
             return
-        self._check_lag()
+        self._check_lag(tracks)
         messages: list[FaceCrop | EyeSample] = []
         for track in tracks:
             messages.extend(self._messages(track, frame, media_ts))
@@ -241,7 +246,8 @@ class IngestService:
                 cam, track.id, frame.index, frame.capture_ts, now, box, face.left, face.right,  # type: ignore[arg-type]
                 state.eyes.open_level, window, state.eyes.rate_hz if window else None, self.camera.label,
             ))
-        if sends(state.frames, self.camera.crop_every):  # type: ignore[arg-type]
+        crop_every = self.camera.crop_every * (DECIDED_SLOWDOWN if state.decided else 1)  # type: ignore[operator]
+        if sends(state.frames, crop_every):
             if self._shedding:
                 metrics.FRAMES_SHED.labels(cam).inc()
             else:
@@ -251,18 +257,26 @@ class IngestService:
                                         jpeg, list(self.camera.crop.views), self.camera.label))  # type: ignore[union-attr]
         return out
 
-    def _check_lag(self) -> None:
-        """Shed crops while the face workers lag beyond the bound, instead of growing the stream."""
+    def _check_lag(self, tracks: list[Track]) -> None:
+        """Shed crops while the face workers lag beyond the bound, instead of growing the stream;
+        and learn which open tracks fusion has decided, in the same round trip."""
         now = time.monotonic()
         if now < self._next_lag_check or now < self._redis_retry_at:
             return
         self._next_lag_check = now + LAG_CHECK_S
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xinfo_groups(self.keys.stream(FaceCrop))
+        for track in tracks:
+            pipe.hmget(self.keys.track_state(track.id), "verdict")
         try:
-            groups = self.redis.xinfo_groups(self.keys.stream(FaceCrop))
-        except redis.ResponseError:
-            groups = []  # stream not created yet
+            replies = pipe.execute(raise_on_error=False)
         except redis.RedisError:
             return
+        groups = replies[0] if isinstance(replies[0], list) else []  # an error: the stream is not created yet
+        for track, reply in zip(tracks, replies[1:]):
+            state = track.state.get("ingest")
+            if isinstance(state, TrackState) and isinstance(reply, list):
+                state.decided = reply[0] in (b"live", b"spoof")
         group = self.keys.group("face-workers")
         lag = next((g.get("lag") for g in groups if g.get("name", b"").decode() == group), None)
         shedding = lag is not None and lag > self.settings.streams.max_face_lag

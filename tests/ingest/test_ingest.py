@@ -77,7 +77,29 @@ def test_rtsp_camera_publishes_crops_and_eye_windows(rtsp: RtspServer, r: redis.
     assert gaps.min() >= 4 and np.median(gaps) <= 5, "an eye sample every eye_every (3) processed frames"
     assert all(abs(e.capture_ts - time.time()) < 120 for e in eyes)
     img = cv2.imdecode(np.frombuffer(crops[0].jpeg, np.uint8), cv2.IMREAD_COLOR)
-    assert img.shape == (112, 112, 3)
+    assert img.shape == (80, 160, 3) and crops[0].views == [2.7, 4.0]
+
+
+def test_a_decided_track_sends_fewer_crops(rtsp: RtspServer, r: redis.Redis, prefix: str, tmp_path: Path) -> None:
+    """Once fusion has decided a track, its crops go out DECIDED_SLOWDOWN times less often."""
+    config = write_config(tmp_path, prefix, [{"id": "door", "source": rtsp.url("live")}])
+    proc = start_ingest(config)
+    keys = Keys(prefix)
+    try:
+        wait_for(lambda: r.xlen(keys.stream(FaceCrop)) >= 20, timeout_s=60)
+        track = FaceCrop.from_fields(r.xrange(keys.stream(FaceCrop))[-1][1]).track
+        r.hset(keys.track_state(track), mapping={"verdict": "live"})  # what fusion writes once it decides
+        seen = r.xlen(keys.stream(EyeSample))
+        wait_for(lambda: r.xlen(keys.stream(EyeSample)) >= seen + 10, timeout_s=30)  # 3 s: ingest asks every 0.5 s
+        before = (r.xlen(keys.stream(FaceCrop)), r.xlen(keys.stream(EyeSample)))
+        wait_for(lambda: r.xlen(keys.stream(EyeSample)) >= before[1] + 40, timeout_s=60)
+        after = (r.xlen(keys.stream(FaceCrop)), r.xlen(keys.stream(EyeSample)))
+    finally:
+        stop(proc)
+    crops, eyes = after[0] - before[0], after[1] - before[1]
+    # undecided: a crop every 2nd frame and an eye sample every 3rd (1.5 crops per sample); decided: every 8th
+    assert crops <= eyes * 3 / 8 * 1.3, f"{crops} crops for {eyes} eye samples"
+    assert crops >= 1, "a decided face is still checked"
     assert r.ttl(keys.stream(FaceCrop)) == -1 and r.xlen(keys.stream(FaceCrop)) <= 10_100
 
 

@@ -62,25 +62,33 @@ class FaceTracker:
             if not _inside(box, w, h):
                 self.ended.append(track)
                 continue
-            track.face = self.pipeline.face(grey, box)
             track.frames += 1
             followed.append(track)
         if detect:
             self._last_detect = index
             followed = self._match(frame, grey, followed, index)
+        else:
+            for track in followed:
+                track.face = self.pipeline.face(grey, face_box(track.face.landmarks))
         self.tracks = followed
         return self.tracks
 
     def _match(self, frame: np.ndarray, grey: np.ndarray, tracks: list[Track], index: int) -> list[Track]:
+        """Pair tracks with this frame's detections by their last box; landmarks once per face.
+
+        A matched track is landmarked in the detector's box (re-anchored: no drift), a missed one
+        in the box its last landmarks give, a new face in its detection box.
+        """
         boxes = self.pipeline.detect(frame)
         unmatched = list(boxes)
         kept: list[Track] = []
         missed: list[Track] = []
         for track in sorted(tracks, key=lambda t: -t.frames):
-            best = max(unmatched, key=lambda b: iou(b, face_box(track.face.landmarks)), default=None)
-            if best is not None and iou(best, face_box(track.face.landmarks)) >= MIN_IOU:
+            last = face_box(track.face.landmarks)
+            best = max(unmatched, key=lambda b: iou(b, last), default=None)
+            if best is not None and iou(best, last) >= MIN_IOU:
                 unmatched.remove(best)
-                track.face = self.pipeline.face(grey, best)  # re-anchored on the detector's box: no drift
+                track.face = self.pipeline.face(grey, best)
                 track.misses = 0
                 kept.append(track)
             else:
@@ -88,6 +96,7 @@ class FaceTracker:
         for track in missed:
             if track.misses < MAX_MISSES and not unmatched:
                 track.misses += 1
+                track.face = self.pipeline.face(grey, face_box(track.face.landmarks))
                 kept.append(track)
             else:
                 self.ended.append(track)

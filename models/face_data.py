@@ -77,11 +77,15 @@ def jpeg_roundtrip(crop: np.ndarray, quality: int) -> np.ndarray:
 
 
 def _frames(dataset: Dataset, stride: int) -> Iterator[tuple[int, str, np.ndarray | None]]:
-    """``(sequence index, source, BGR frame or None)`` of every ``stride``-th frame of each sequence."""
+    """``(sequence index, source, BGR frame or None)`` of every ``stride``-th frame, counted across the
+    sequences' image files (a folder of single images is many one-frame sequences), within each video."""
+    k = 0
     for i, seq in enumerate(dataset.sequences):
         if seq.video is None:
-            for path in seq.frames[::stride]:
-                yield i, str(path), _read(path)
+            for path in seq.frames:
+                if k % stride == 0:
+                    yield i, str(path), _read(path)
+                k += 1
         else:
             for j, (_, img) in enumerate(seq.read()):
                 if j % stride == 0:

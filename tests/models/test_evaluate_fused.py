@@ -12,8 +12,8 @@ import pytest
 from liveness.app.cli import main
 from liveness.errors import LivenessError
 from liveness.evidence import Policy
-from liveness.models.calibrate_fusion import choose, shifted_errors
-from liveness.models.evaluate_fused import SequenceResult, subject_half_baselines
+from liveness.evidence import face_neutral
+from liveness.models.evaluate_fused import SequenceResult, report, subject_half_baselines
 from liveness.workers.offline import TrackResult
 from tests.conftest import nuaa_sequence
 
@@ -67,19 +67,18 @@ def test_each_half_is_calibrated_by_the_other_halfs_live_faces() -> None:
         subject_half_baselines([dataclasses.replace(results[0], subject=None)], Policy())
 
 
-def test_tied_policies_are_settled_by_the_margin_they_keep() -> None:
-    """Hand-made camera: live faces at log-odds 0, attacks at 8. Face margins 2-5 all decide every
-    sequence right at the same frame; only 4 and 5 still do when the calibration moves by 2."""
-    results = [_result(s, "live", 0.0) for s in "ABCDEF"] + [_result(s, "spoof", 8.0) for s in "AB"]
-    first_tied = Policy(face_margin=2.0, face_weight=0.5, face_cap=4, eye_weight=0.0, eye_threshold=0.2,
-                        spoof_at=1.5, live_at=2.0)
-    baselines = subject_half_baselines(results, first_tied)
-    assert baselines == [0.0] * 8
-    assert shifted_errors(results, first_tied, baselines) == (0.0, pytest.approx(3.0))  # shifts -1, -1.5, -2
-    assert shifted_errors(results, first_tied.model_copy(update={"face_margin": 4.0}), baselines) == (0.0, 0.0)
-    policy, selection, tied = choose(results)
-    assert tied[0] == first_tied and selection["acer"] == 0.0  # the grid lists margin 2 first
-    assert policy.face_margin == 4.0 and shifted_errors(results, policy, baselines) == (0.0, 0.0)
+def test_calibration_never_accepts_an_attack_the_uncalibrated_policy_refuses() -> None:
+    """Labels, right or wrong, only ever lower a camera's neutral point."""
+    policy = Policy(face_threshold=0.95, face_margin=3.0, face_weight=0.5, face_cap=4, eye_weight=0.0,
+                    spoof_at=1.5, live_at=2.0)
+    results = [_result(s, "live", -8.0) for s in "ABCD"] + [_result(s, "spoof", 1.0) for s in "AB"]
+    uncalibrated = report(results, policy)[0]
+    assert uncalibrated["apcer"] == 1.0  # attacks at log-odds 1 sit below the neutral point 2.9: accepted
+    right = subject_half_baselines(results, Policy(calibration_tracks=1))  # live faces at -8: neutral -5
+    assert report(results, policy, baselines=right)[0]["apcer"] == 0.0
+    for wrong in (8.0, 30.0):  # attacks labelled live: the neutral point may not rise above 2.9
+        assert face_neutral(policy, wrong) == face_neutral(policy, None)
+        assert report(results, policy, baselines=[wrong] * len(results))[0]["apcer"] <= uncalibrated["apcer"]
 
 
 def test_fused_calibrated_by_the_other_subjects(tmp_path: Path, folders: Path,

@@ -34,6 +34,14 @@ V2 = Widths(stage3=(13, 13, 13, 13), stage4=(231, 52, 26, 77, 26, 26), stage5=(2
 V1SE = Widths(stage3=(13, 26, 13, 52), stage4=(154, 52, 26, 52, 26, 26), stage5=(26, 26), se=True)
 
 
+class PReLU(nn.PReLU):
+    """PReLU written as ``relu(x) - a * relu(-x)``: the same values and tensor, but onnxruntime runs
+    these elementwise ops in its blocked layout, where its own PRelu cost 45 % of the model's time."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x) - self.weight.view(1, -1, 1, 1) * torch.relu(-x)
+
+
 class ConvBn(nn.Sequential):
     """Convolution without bias, batch norm, and a PReLU unless ``act`` is False."""
 
@@ -42,7 +50,7 @@ class ConvBn(nn.Sequential):
             "conv": nn.Conv2d(cin, cout, k, stride, 1 if k == 3 else 0, groups=groups, bias=False),
             "bn": nn.BatchNorm2d(cout)}
         if act:
-            layers["prelu"] = nn.PReLU(cout)
+            layers["prelu"] = PReLU(cout)
         super().__init__(OrderedDict(layers))
 
 

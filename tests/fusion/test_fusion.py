@@ -125,8 +125,10 @@ def test_labels_move_the_accuracy_gauges(r: redis.Redis, prefix: str, tmp_path: 
         stop(proc)
 
 
-def test_live_labels_calibrate_their_camera_only(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
-    """A dim room where live faces score 0.9: rejected until three live labels calibrate the camera."""
+def test_live_labels_make_their_camera_stricter_and_never_laxer(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
+    """A room whose live faces score 0.0001: an attack at 0.119 passes the uncalibrated neutral point
+    (0.5) but not the calibrated one (3 log-odds above the room's live faces). Labels on attacks
+    cannot move a camera's neutral point up."""
     keys = Keys(prefix)
     port = free_port()
     cfg = config(tmp_path, prefix, port)
@@ -141,22 +143,33 @@ def test_live_labels_calibrate_their_camera_only(r: redis.Redis, prefix: str, tm
 
     try:
         for track in ("d1", "d2", "d3"):
-            scores("dim", track, 0.9)
-        wait_for(lambda: len(verdicts()) == 3, timeout_s=30)
-        assert set(verdicts().values()) == {"spoof"}, "uncalibrated: 0.9 is over the neutral 0.5"
-        scores("bright", "b0", 0.9)       # another camera's track: not labelled with dim's
+            scores("dim", track, 0.0001)
+        scores("other", "b0", 0.119)      # an attack on a camera nobody calibrated: accepted
+        wait_for(lambda: len(verdicts()) == 4, timeout_s=30)
+        assert verdicts() == {"d1": "live", "d2": "live", "d3": "live", "b0": "live"}
         res = subprocess.run(liveness_cmd("label", "--config", str(cfg), "--camera", "dim", "--recent", "60", "live"),
                              capture_output=True, text=True, timeout=60)  # commissioning: everyone in view is live
         assert res.returncode == 0 and res.stdout.count("labelled dim") == 3, res.stdout + res.stderr
         wait_for(lambda: metric(port, 'liveness_calibration_tracks{camera="dim"}') == 3, timeout_s=15)
-        assert abs(metric(port, 'liveness_live_baseline_logodds{camera="dim"}') - 2.1972) < 1e-3  # logit(0.9)
-        scores("dim", "d4", 0.9)          # another live face in the same room
-        scores("dim", "d5", 0.999)        # a photo: log-odds 6.9, well above the room's live faces
-        scores("bright", "b1", 0.9)       # another camera keeps the uncalibrated neutral point
+        assert abs(metric(port, 'liveness_live_baseline_logodds{camera="dim"}') + 9.2102) < 1e-3  # logit(0.0001)
+        scores("dim", "d4", 0.0001)       # another live face in the same room
+        scores("dim", "d5", 0.119)        # the same attack, now in the calibrated room
+        scores("other", "b1", 0.119)      # another camera keeps the uncalibrated neutral point
         wait_for(lambda: len(verdicts()) == 7, timeout_s=30)
         got = verdicts()
-        assert (got["d4"], got["d5"], got["b1"]) == ("live", "spoof", "spoof")
-        assert r.zcard(keys.calibration("bright")) == 0
+        assert (got["d4"], got["d5"], got["b1"]) == ("live", "spoof", "live")
+        assert r.zcard(keys.calibration("other")) == 0
+        # attacks labelled live (a wrong commissioning) leave the neutral point where it was
+        for track in ("f1", "f2", "f3"):
+            scores("fooled", track, 0.999)
+        wait_for(lambda: len(verdicts()) == 10, timeout_s=30)
+        res = subprocess.run(liveness_cmd("label", "--config", str(cfg), "--camera", "fooled", "--recent", "60", "live"),
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stdout + res.stderr
+        wait_for(lambda: metric(port, 'liveness_calibration_tracks{camera="fooled"}') == 3, timeout_s=15)
+        scores("fooled", "f4", 0.999)
+        wait_for(lambda: len(verdicts()) == 11, timeout_s=30)
+        assert verdicts()["f4"] == "spoof"
         # the operator corrects one label: it leaves the calibration
         r.xadd(keys.stream(Label), Label("dim", "d1", "spoof", time.time()).to_fields())
         wait_for(lambda: r.zcard(keys.calibration("dim")) == 2, timeout_s=15)

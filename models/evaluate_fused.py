@@ -1,6 +1,6 @@
 """``liveness evaluate --model fused``: one decision per sequence or video, by the live code path.
 
-Each sequence runs through ``workers.offline.OfflineAnalyzer`` (ingest's tracker and eye
+Each sequence runs through ``liveness.workers.offline.OfflineAnalyzer`` (ingest's tracker and eye
 windows, the ONNX models, fusion's evidence and rule); the longest track's verdict is the
 sequence's decision, and "undecided" counts as not accepted. APCER/BPCER/ACER come from the
 verdicts; AUC and EER from the track's final evidence, as a ranking. The policy and the rule are

@@ -65,7 +65,7 @@ def bench_face(args: argparse.Namespace) -> dict[str, Any]:
 
     from liveness.workers.runners import OnnxModel
 
-    model = OnnxModel(getattr(args, "model", None) or artifact_path("face.onnx"), threads=1)
+    model = OnnxModel(args.model or artifact_path("face.onnx"), threads=1)
     rng = np.random.default_rng(0)
     b1 = rng.integers(0, 256, (1, *model.input_shape)).astype(np.float32)
     b32 = rng.integers(0, 256, (32, *model.input_shape)).astype(np.float32)

@@ -21,7 +21,7 @@ import numpy as np
 
 from liveness.app.localredis import PrivateRedis, free_port
 from liveness.app.replay import Replay, interleave
-from liveness.app.run import process_specs, write_config
+from liveness.app.run import process_specs
 from liveness.config import Settings, load_settings
 from liveness.contract import Decision, Keys
 from liveness.errors import LivenessError
@@ -61,7 +61,7 @@ def _cpu_s(pid: int) -> float:
 
 
 def bench_e2e(args: argparse.Namespace) -> dict[str, object]:
-    root = Path(getattr(args, "root", None) or NUAA_ROOT)
+    root = Path(args.root or NUAA_ROOT)
     if not root.is_dir():
         raise LivenessError(f"bench e2e: NUAA data not found at {root}")
     from liveness.models.datasets import nuaa
@@ -83,9 +83,7 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, object]:
         stack.callback(replay.close)
         data["cameras"] = replay.cameras
         settings = Settings.model_validate(data)
-        config = write_config(settings, tmp)
-        run_args = argparse.Namespace(face_workers=args.face_workers, eye_workers=args.eye_workers, loop=True)
-        specs = process_specs(run_args, settings, config)
+        specs = process_specs(settings, args.face_workers, args.eye_workers, loop=True)
         supervisor = Supervisor(specs)
         t_start = time.monotonic()
         client = connect(settings.redis)

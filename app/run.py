@@ -17,21 +17,19 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import yaml
-
 from liveness.app.demo import write_clip
 from liveness.app.localredis import PrivateRedis, answers
 from liveness.config import Settings, load_settings
 from liveness.contract import Decision, Keys
-from liveness.fusion import service as fusion_service
 from liveness.fusion.decisions import tail
-from liveness.ingest.service import run_camera
+from liveness.fusion.service import serve_fusion
+from liveness.ingest.service import serve_camera
 from liveness.metrics import serve
 from liveness.redaction import redact_url
 from liveness.redisconn import connect
 from liveness.supervisor import ProcessSpec, Supervisor
-from liveness.workers import eye as eye_worker
-from liveness.workers import face as face_worker
+from liveness.workers.eye import serve_eye_worker
+from liveness.workers.face import serve_face_worker
 
 log = logging.getLogger(__name__)
 
@@ -47,55 +45,52 @@ def demo_cameras(tmp: Path) -> list[dict[str, object]]:
     return cams
 
 
-def effective_settings(args: argparse.Namespace, stack: ExitStack, tmp: Path,
-                       cameras: list[dict[str, object]] | None = None) -> Settings:
-    """The config to run: the user's, or the demo's; with a private Redis when none answers."""
-    settings = load_settings(args.config)
+def effective_settings(config: str | None, stack: ExitStack, tmp: Path, *, preview: bool = False,
+                       cameras: list[dict[str, object]] | None = None) -> tuple[Settings, bool]:
+    """The config to run: the user's, or the demo's; with a private Redis when none answers.
+
+    Also says whether it runs the demo camera, a file that loops.
+    """
+    settings = load_settings(config)
     data = settings.model_dump(mode="json")
+    demo_camera = cameras is None and not settings.cameras
     if cameras is not None:
         data["cameras"] = cameras
-    elif not settings.cameras:
+    elif demo_camera:
         log.info("run: no cameras configured: running the demo camera")
         data["cameras"] = demo_cameras(tmp)
-        args.loop = True
-    if args.preview:
+    if preview:
         data["preview"]["enabled"] = True
-    configured = args.config is not None and settings.redis.url != DEFAULT_REDIS or "LIVENESS_REDIS__URL" in os.environ
+    configured = config is not None and settings.redis.url != DEFAULT_REDIS or "LIVENESS_REDIS__URL" in os.environ
     if not configured and not answers(settings.redis.url):
         local = PrivateRedis()
         stack.callback(local.close)
         data["redis"]["url"] = local.url
-    return Settings.model_validate(data)
+    return Settings.model_validate(data), demo_camera
 
 
-def write_config(settings: Settings, tmp: Path) -> Path:
-    """The effective config, readable only by us (it may hold a Redis password), for the children."""
-    path = tmp / "config.yaml"
-    path.touch(mode=0o600)
-    path.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
-    return path
+def process_specs(settings: Settings, face_workers: int = 1, eye_workers: int = 1,
+                  loop: bool = False) -> list[ProcessSpec]:
+    """One process per camera and per worker, and fusion; each with its own metrics port.
 
-
-def process_specs(args: argparse.Namespace, settings: Settings, config: Path) -> list[ProcessSpec]:
-    """One process per camera and per worker, and fusion; each with its own metrics port."""
+    The validated settings go to every child as they are (pickled by the fork server).
+    """
     base = settings.metrics.port
     specs: list[ProcessSpec] = []
 
     def port() -> int | None:
         return None if base == 0 else base + len(specs)
 
-    def ns(name: str) -> argparse.Namespace:
-        return argparse.Namespace(config=str(config), name=name, model=None, threads=None, batch_size=None,
-                                  metrics_port=port())
-
-    specs.append(ProcessSpec("fusion", fusion_service.run, (ns("fusion-1"),)))
-    for i in range(args.face_workers):
-        specs.append(ProcessSpec(f"face-worker-{i + 1}", face_worker.run, (ns(f"face-{i + 1}"),)))
-    for i in range(args.eye_workers):
-        specs.append(ProcessSpec(f"eye-worker-{i + 1}", eye_worker.run, (ns(f"eye-{i + 1}"),)))
+    specs.append(ProcessSpec("fusion", serve_fusion, (settings,), {"name": "fusion-1", "metrics_port": port()}))
+    for i in range(face_workers):
+        specs.append(ProcessSpec(f"face-worker-{i + 1}", serve_face_worker, (settings,),
+                                 {"name": f"face-{i + 1}", "metrics_port": port()}))
+    for i in range(eye_workers):
+        specs.append(ProcessSpec(f"eye-worker-{i + 1}", serve_eye_worker, (settings,),
+                                 {"name": f"eye-{i + 1}", "metrics_port": port()}))
     for cam in settings.cameras:
-        specs.append(ProcessSpec(f"ingest:{cam.id}", run_camera,
-                                 (settings, cam.id, False, args.loop, None, port())))
+        specs.append(ProcessSpec(f"ingest:{cam.id}", serve_camera, (settings, cam.id),
+                                 {"loop": loop, "metrics_port": port()}))
     return specs
 
 
@@ -152,10 +147,8 @@ def demo(args: argparse.Namespace) -> int:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="liveness-demo-")))
         replay = Replay(sequences, args.port, args.fps, tmp / "frames")
         stack.callback(replay.close)
-        args.config, args.loop, args.preview = getattr(args, "config", None), True, False
-        settings = effective_settings(args, stack, tmp, cameras=replay.cameras)
-        config = write_config(settings, tmp)
-        specs = process_specs(args, settings, config)
+        settings, _ = effective_settings(args.config, stack, tmp, cameras=replay.cameras)
+        specs = process_specs(settings, args.face_workers, args.eye_workers, loop=True)
         stop = threading.Event()
         stack.callback(stop.set)
         threading.Thread(target=show_table, args=(settings, stop), daemon=True).start()
@@ -165,9 +158,8 @@ def demo(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="liveness-run-")))
-        settings = effective_settings(args, stack, tmp)
-        config = write_config(settings, tmp)
-        specs = process_specs(args, settings, config)
+        settings, demo_camera = effective_settings(args.config, stack, tmp, preview=args.preview)
+        specs = process_specs(settings, args.face_workers, args.eye_workers, loop=args.loop or demo_camera)
         log.info("run: Redis %s, prefix %s, %d camera(s), %d face and %d eye worker(s)",
                  redact_url(settings.redis.url), settings.prefix, len(settings.cameras), args.face_workers,
                  args.eye_workers)

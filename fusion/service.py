@@ -416,10 +416,14 @@ class Fusion:
                 metrics.LABELLED.labels(cam, name, "live").set(lives)
 
 
-def run(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
-    name = getattr(args, "name", None) or consumer_name("fusion")
-    started = lifecycle.start(settings, name, getattr(args, "metrics_port", None))
+def serve_fusion(settings: Settings, *, name: str | None = None, metrics_port: int | None = None) -> None:
+    """One fusion process: decide until SIGTERM/SIGINT."""
+    name = name or consumer_name("fusion")
+    started = lifecycle.start(settings, name, metrics_port)
     if started:
         Fusion(settings, started[0], name, started[1]).start()
+
+
+def run(args: argparse.Namespace) -> int:
+    serve_fusion(load_settings(args.config), name=args.name)
     return 0

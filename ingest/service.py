@@ -81,7 +81,7 @@ class IngestService:
         self.frames = 0
         self.preview: Preview | None = None
         self.frames_read = 0
-        self.pacer = FramePacer(camera.max_fps)  # type: ignore[arg-type]
+        self.pacer = FramePacer(camera.max_fps)
         self._outbox: list[FaceCrop | EyeSample] = []
         self._outbox_since = 0.0
         self.capture_started = 0.0
@@ -101,7 +101,7 @@ class IngestService:
         self.session = int(self.redis.incr(self.keys.camera_session(self.camera.id)))
         self.pipeline = FacePipeline(self.camera.detect, self.camera.crop)
         counter = iter(range(1, 1 << 62))
-        self.tracker = FaceTracker(self.pipeline, lambda: f"{self.camera.id}:{self.session}:{next(counter)}")
+        self.tracker = FaceTracker[TrackState](self.pipeline, lambda: f"{self.camera.id}:{self.session}:{next(counter)}")
         cam = self.camera.id
         for family in (metrics.FRAMES_READ, metrics.FRAMES_PROCESSED, metrics.FRAMES_SKIPPED, metrics.FRAMES_SHED,
                        metrics.FACES, metrics.TRACKS, metrics.RECONNECTS, metrics.PUBLISH_ERRORS, metrics.CAMERA_FPS,
@@ -226,12 +226,11 @@ class IngestService:
             self._outbox_since = time.monotonic()
         self._outbox.extend(messages)
 
-    def _messages(self, track: Track, frame: Frame, media_ts: float) -> list[FaceCrop | EyeSample]:
+    def _messages(self, track: Track[TrackState], frame: Frame, media_ts: float) -> list[FaceCrop | EyeSample]:
         cam = self.camera.id
-        state = track.state.get("ingest")
-        if not isinstance(state, TrackState):
-            state = TrackState()
-            track.state["ingest"] = state
+        state = track.state
+        if state is None:
+            state = track.state = TrackState()
             metrics.TRACKS.labels(cam).inc()
         metrics.FACES.labels(cam).inc()
         face = track.face
@@ -240,24 +239,24 @@ class IngestService:
         box = tuple(int(v) for v in face.box)
         out: list[FaceCrop | EyeSample] = []
         state.frames += 1
-        if sends(state.frames, self.camera.eye_every):  # type: ignore[arg-type]
+        if sends(state.frames, self.camera.eye_every):
             window = state.eyes.window()
             out.append(EyeSample(
                 cam, track.id, frame.index, frame.capture_ts, now, box, face.left, face.right,  # type: ignore[arg-type]
                 state.eyes.open_level, window, state.eyes.rate_hz if window else None, self.camera.label,
             ))
-        crop_every = self.camera.crop_every * (DECIDED_SLOWDOWN if state.decided else 1)  # type: ignore[operator]
+        crop_every = self.camera.crop_every * (DECIDED_SLOWDOWN if state.decided else 1)
         if sends(state.frames, crop_every):
             if self._shedding:
                 metrics.FRAMES_SHED.labels(cam).inc()
             else:
-                jpeg = crop_jpeg(frame.image, face.landmarks, self.camera.crop)  # type: ignore[arg-type]
+                jpeg = crop_jpeg(frame.image, face.landmarks, self.camera.crop)
                 if jpeg is not None:
                     out.append(FaceCrop(cam, track.id, frame.index, frame.capture_ts, now, box,  # type: ignore[arg-type]
-                                        jpeg, list(self.camera.crop.views), self.camera.label))  # type: ignore[union-attr]
+                                        jpeg, list(self.camera.crop.views), self.camera.label))
         return out
 
-    def _check_lag(self, tracks: list[Track]) -> None:
+    def _check_lag(self, tracks: list[Track[TrackState]]) -> None:
         """Shed crops while the face workers lag beyond the bound, instead of growing the stream;
         and learn which open tracks fusion has decided, in the same round trip."""
         now = time.monotonic()
@@ -274,9 +273,8 @@ class IngestService:
             return
         groups = replies[0] if isinstance(replies[0], list) else []  # an error: the stream is not created yet
         for track, reply in zip(tracks, replies[1:]):
-            state = track.state.get("ingest")
-            if isinstance(state, TrackState) and isinstance(reply, list):
-                state.decided = reply[0] in (b"live", b"spoof")
+            if track.state is not None and isinstance(reply, list):
+                track.state.decided = reply[0] in (b"live", b"spoof")
         group = self.keys.group("face-workers")
         lag = next((g.get("lag") for g in groups if g.get("name", b"").decode() == group), None)
         shedding = lag is not None and lag > self.settings.streams.max_face_lag
@@ -328,17 +326,17 @@ class IngestService:
                 metrics.WINDOWS_PUBLISHED.labels(cam).inc()
 
 
-def run_camera(settings: Settings, camera_id: str, fast: bool = False, loop: bool = False,
-               max_frames: int | None = None, metrics_port: int | None = None) -> None:
-    """Entry point of one camera's process: signals stop it cleanly."""
-    camera = settings.camera(camera_id)
+def serve_camera(settings: Settings, camera: str, *, fast: bool = False, loop: bool = False,
+                 max_frames: int | None = None, metrics_port: int | None = None) -> None:
+    """One camera's process: capture until a signal stops it (or a file ends, without ``loop``)."""
+    cam = settings.camera(camera)
     os.nice(settings.ingest.nice)
     # one process per camera is the parallelism; OpenCV's thread pool on top of it only spins
     # on the cores the other cameras and the workers need (measured: 1.7 ms CPU per frame)
     cv2.setNumThreads(1)
     stop = stop_on_signals()
-    serve(settings.metrics, f"ingest {camera_id}", metrics_port)
-    IngestService(settings, camera, fast, loop, max_frames, stop).start()
+    serve(settings.metrics, f"ingest {camera}", metrics_port)
+    IngestService(settings, cam, fast, loop, max_frames, stop).start()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -349,9 +347,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for cam_id in ids:
         settings.camera(cam_id)  # unknown ids fail before anything starts
+    options = {"fast": args.fast, "loop": args.loop, "max_frames": args.max_frames}
     if len(ids) == 1:
-        run_camera(settings, ids[0], args.fast, args.loop, args.max_frames)
+        serve_camera(settings, ids[0], **options)
         return 0
-    specs = [ProcessSpec(f"ingest:{cam_id}", run_camera, (settings, cam_id, args.fast, args.loop, args.max_frames))
-             for cam_id in ids]
-    return Supervisor(specs).run()
+    return Supervisor([ProcessSpec(f"ingest:{cam_id}", serve_camera, (settings, cam_id), options)
+                       for cam_id in ids]).run()

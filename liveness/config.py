@@ -81,29 +81,33 @@ class DetectSettings(Section):
         "about 5 % of the frame's width), once per change of the scene"))
 
 
-class CameraDefaults(Section):
+class CameraTuning(Section):
+    """What each camera may set for itself; the ``ingest`` section holds the defaults."""
+
     max_fps: float = Field(10.0, gt=0, le=120, description="Frames per second processed at most (eye windows are 10 Hz)")
     crop_every: int = Field(2, ge=1, description="Publish every k-th crop of a track")
     eye_every: int = Field(3, ge=1, description=(
         "Publish every k-th eye window of a track: each spans one second, so at 10 fps every blink "
         "still falls whole in a window, and the eye workers and fusion do a third of the work"))
-    nice: int = Field(5, ge=0, le=19, description=(
-        "Scheduling niceness of camera processes: on a shared machine the workers and fusion, "
-        "which drain the queues, come first, so overload skips frames at the source instead of "
-        "queueing them"))
     detect: DetectSettings = Field(default_factory=DetectSettings)
     crop: CropSettings = Field(default_factory=CropSettings)
 
 
-class CameraSettings(Section):
+class CameraDefaults(CameraTuning):
+    """The ``ingest`` section: every camera's defaults, and what all camera processes share."""
+
+    nice: int = Field(5, ge=0, le=19, description=(
+        "Scheduling niceness of camera processes: on a shared machine the workers and fusion, "
+        "which drain the queues, come first, so overload skips frames at the source instead of "
+        "queueing them"))
+
+
+class CameraSettings(CameraTuning):
+    """One camera, complete after validation: what it leaves unset comes from ``ingest``."""
+
     id: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Camera id, unique")
     source: str | int = Field(..., description="rtsp:// URL, video file or webcam index")
     label: Literal["live", "spoof"] | None = Field(None, description="Ground truth, for evaluation cameras")
-    max_fps: float | None = Field(None, gt=0, le=120)
-    crop_every: int | None = Field(None, ge=1)
-    eye_every: int | None = Field(None, ge=1)
-    detect: DetectSettings | None = None
-    crop: CropSettings | None = None
     open_timeout_s: float = Field(10.0, gt=0, description="Time to open the source")
     read_timeout_s: float = Field(5.0, gt=0, description="Time without a frame before reconnecting")
 
@@ -155,19 +159,34 @@ class Settings(Section):
     fusion: FusionSettings = Field(default_factory=FusionSettings)
     preview: PreviewSettings = Field(default_factory=PreviewSettings)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _camera_defaults(cls, data: Any) -> Any:
+        """Fill what each camera leaves unset (or null) from the ``ingest`` defaults, before
+        validation, so a validated camera is complete."""
+        if not isinstance(data, dict) or not isinstance(data.get("cameras"), list):
+            return data
+        try:
+            ingest = CameraDefaults.model_validate(data.get("ingest") or {})
+        except ValidationError:
+            return data  # reported where it is, by the validation of the ``ingest`` section
+        tuning = ingest.model_dump(include=set(CameraTuning.model_fields))
+        cameras = []
+        for cam in data["cameras"]:
+            if isinstance(cam, CameraSettings):
+                cam = cam.model_dump(exclude_unset=True)
+            if isinstance(cam, dict):
+                cam = {**tuning, **{k: v for k, v in cam.items() if v is not None or k not in tuning}}
+            cameras.append(cam)
+        return {**data, "cameras": cameras}
+
     @model_validator(mode="after")
-    def _push_defaults(self) -> "Settings":
-        """Fill each camera's unset fields from the ``ingest`` defaults; reject duplicate ids."""
+    def _unique_cameras(self) -> "Settings":
         seen: set[str] = set()
         for cam in self.cameras:
             if cam.id in seen:
                 raise ValueError(f"duplicate camera id {cam.id!r}")
             seen.add(cam.id)
-            cam.max_fps = cam.max_fps or self.ingest.max_fps
-            cam.crop_every = cam.crop_every or self.ingest.crop_every
-            cam.eye_every = cam.eye_every or self.ingest.eye_every
-            cam.detect = cam.detect or self.ingest.detect.model_copy()
-            cam.crop = cam.crop or self.ingest.crop.model_copy()
         return self
 
     def camera(self, camera_id: str) -> CameraSettings:

@@ -47,6 +47,7 @@ class ProcessSpec:
     name: str
     target: Callable[..., Any]
     args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
     restart: bool = True
     process: mp.process.BaseProcess | None = field(default=None, repr=False)
     started: float = 0.0
@@ -54,7 +55,7 @@ class ProcessSpec:
     restart_at: float | None = None
 
 
-def _child(target: Callable[..., Any], args: tuple[Any, ...], name: str, level: int,
+def _child(target: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], name: str, level: int,
            environ: dict[str, str], cwd: str) -> None:
     # the fork server was started with the environment of the supervisor's first child: each
     # child gets the supervisor's environment and directory as they are now, as spawn would
@@ -64,7 +65,7 @@ def _child(target: Callable[..., Any], args: tuple[Any, ...], name: str, level: 
     logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor sends SIGTERM; ^C is for it
     try:
-        target(*args)
+        target(*args, **kwargs)
     except (LivenessError, redis.RedisError) as e:  # a clear line, not a traceback; the supervisor restarts us
         logging.getLogger(name).error("%s: %s: %s", name, type(e).__name__, redact_text(str(e)))
         sys.exit(2)
@@ -85,7 +86,8 @@ class Supervisor:
     def _start(self, spec: ProcessSpec) -> None:
         level = logging.getLogger().level
         spec.process = self._ctx.Process(target=_child, name=spec.name, daemon=False,
-                                         args=(spec.target, spec.args, spec.name, level, dict(os.environ), os.getcwd()))
+                                         args=(spec.target, spec.args, spec.kwargs, spec.name, level,
+                                               dict(os.environ), os.getcwd()))
         spec.process.start()
         spec.started = time.monotonic()
         spec.restart_at = None

@@ -6,8 +6,8 @@ Shared by ingest and offline evaluation, so a track means the same thing in both
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Generic, TypeVar
 
 import numpy as np
 
@@ -24,8 +24,12 @@ fast move, a cut), and the new face gets a new track. Keeping the lost one would
 the background for two rounds, doubling the landmark work and sending crops of nothing."""
 
 
+S = TypeVar("S")
+"""What the tracker's user keeps per track (ingest: ``TrackState``)."""
+
+
 @dataclass
-class Track:
+class Track(Generic[S]):
     """A face followed across frames; ``id`` stays while the face stays in view."""
 
     id: str
@@ -33,21 +37,22 @@ class Track:
     first_frame: int
     frames: int = 1
     misses: int = 0
-    state: dict[str, object] = field(default_factory=dict)
+    state: S | None = None
+    """Set by the tracker's user on the track's first frame."""
 
 
-class FaceTracker:
+class FaceTracker(Generic[S]):
     """Keeps the faces of one camera; ``update()`` returns the live tracks of a frame."""
 
     def __init__(self, pipeline: FacePipeline, new_id: Callable[[], str] | None = None) -> None:
         self.pipeline = pipeline
         counter = itertools.count(1)
         self._new_id = new_id or (lambda: f"t{next(counter)}")
-        self.tracks: list[Track] = []
+        self.tracks: list[Track[S]] = []
         self._last_detect = -(10**9)
-        self.ended: list[Track] = []
+        self.ended: list[Track[S]] = []
 
-    def update(self, frame: np.ndarray, index: int) -> list[Track]:
+    def update(self, frame: np.ndarray, index: int) -> list[Track[S]]:
         """Advance to frame ``index``; ended tracks are left in ``self.ended`` for the caller."""
         grey = FacePipeline.grey(frame)
         self.ended = []
@@ -56,7 +61,7 @@ class FaceTracker:
         # an empty scene is searched twice as often, not on every frame: detection is the
         # costliest step, and a camera facing an empty corridor must stay cheap
         detect = index - self._last_detect >= (max(1, every // 2) if not self.tracks else every)
-        followed: list[Track] = []
+        followed: list[Track[S]] = []
         for track in self.tracks:
             box = face_box(track.face.landmarks)
             if not _inside(box, w, h):
@@ -73,7 +78,7 @@ class FaceTracker:
         self.tracks = followed
         return self.tracks
 
-    def _match(self, frame: np.ndarray, grey: np.ndarray, tracks: list[Track], index: int) -> list[Track]:
+    def _match(self, frame: np.ndarray, grey: np.ndarray, tracks: list[Track[S]], index: int) -> list[Track[S]]:
         """Pair tracks with this frame's detections by their last box; landmarks once per face.
 
         A matched track is landmarked in the detector's box (re-anchored: no drift), a missed one
@@ -81,8 +86,8 @@ class FaceTracker:
         """
         boxes = self.pipeline.detect(frame)
         unmatched = list(boxes)
-        kept: list[Track] = []
-        missed: list[Track] = []
+        kept: list[Track[S]] = []
+        missed: list[Track[S]] = []
         for track in sorted(tracks, key=lambda t: -t.frames):
             last = face_box(track.face.landmarks)
             best = max(unmatched, key=lambda b: iou(b, last), default=None)

@@ -341,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
         if args.dataset == "nuaa":
             report["frame_spacing_only_baseline"] = rate_baseline(tracks, picture_steps(dataset))
         shipped = tracks
-        if getattr(args, "train_session", None):  # a fold model, for honest cross-session fusion figures
+        if args.train_session:  # a fold model, for honest cross-session fusion figures
             shipped = [t for t in tracks if t.session == args.train_session]
             if len({t.label for t in shipped}) < 2:
                 raise LivenessError(f"--train-session {args.train_session}: needs live and spoof sequences")

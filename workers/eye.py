@@ -10,10 +10,11 @@ import argparse
 
 import numpy as np
 
+from liveness.config import Settings, load_settings
 from liveness.contract import EyeSample, EyeScore, Message
 from liveness.errors import PoisonMessageError
 from liveness.eyes import INPUT_SIZE, WINDOW_RATE_HZ, eye_input
-from liveness.workers.scoring import ScoringWorker, run_worker
+from liveness.workers.scoring import ScoringWorker, serve_worker, with_cli_overrides
 
 
 class EyeWorker(ScoringWorker):
@@ -22,6 +23,8 @@ class EyeWorker(ScoringWorker):
     source = EyeSample
     output = EyeScore
     role = "eye-workers"
+    section = "eye_worker"
+    short = "eye"
     artifact = "eye.onnx"
     input_shape = (INPUT_SIZE,)
 
@@ -34,5 +37,11 @@ class EyeWorker(ScoringWorker):
         return eye_input(msg.window, msg.open_level)
 
 
+def serve_eye_worker(settings: Settings, *, name: str | None = None, metrics_port: int | None = None) -> None:
+    """One eye worker's process."""
+    serve_worker(settings, EyeWorker, name=name, metrics_port=metrics_port)
+
+
 def run(args: argparse.Namespace) -> int:
-    return run_worker(args, EyeWorker, "eye_worker", "eye")
+    serve_eye_worker(with_cli_overrides(load_settings(args.config), args, EyeWorker), name=args.name)
+    return 0

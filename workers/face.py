@@ -11,10 +11,11 @@ import argparse
 import cv2
 import numpy as np
 
+from liveness.config import Settings, load_settings
 from liveness.contract import FaceCrop, FaceScore, Message
 from liveness.errors import PoisonMessageError
 from liveness.workers.runners import FACE_INPUT_SHAPE
-from liveness.workers.scoring import ScoringWorker, run_worker
+from liveness.workers.scoring import ScoringWorker, serve_worker, with_cli_overrides
 
 MAX_CROP_SIDE = 1024
 """Largest crop side accepted, pixels: bigger ones are dead-lettered, not resized."""
@@ -44,6 +45,8 @@ class FaceWorker(ScoringWorker):
     source = FaceCrop
     output = FaceScore
     role = "face-workers"
+    section = "face_worker"
+    short = "face"
     artifact = "face.onnx"
     input_shape = FACE_INPUT_SHAPE
 
@@ -60,6 +63,12 @@ def check_views(views: list[float], model_views: tuple[float, ...]) -> None:
                                  f"(ingest.crop.views of that camera)")
 
 
-def run(args: argparse.Namespace) -> int:
+def serve_face_worker(settings: Settings, *, name: str | None = None, metrics_port: int | None = None) -> None:
+    """One face worker's process."""
     cv2.setNumThreads(1)  # a crop decodes in well under a millisecond: a thread pool only spins
-    return run_worker(args, FaceWorker, "face_worker", "face")
+    serve_worker(settings, FaceWorker, name=name, metrics_port=metrics_port)
+
+
+def run(args: argparse.Namespace) -> int:
+    serve_face_worker(with_cli_overrides(load_settings(args.config), args, FaceWorker), name=args.name)
+    return 0

@@ -18,7 +18,7 @@ import numpy as np
 import redis
 
 from liveness import lifecycle
-from liveness.config import Settings, WorkerSettings, load_settings
+from liveness.config import Settings, WorkerSettings
 from liveness.contract import Keys, Message, Score
 from liveness.defaults import artifact_path
 from liveness.errors import PoisonMessageError
@@ -36,6 +36,10 @@ class ScoringWorker(StreamConsumer):
     source: ClassVar[type[Message]]
     output: ClassVar[type[Score]]
     role: ClassVar[Literal["face-workers", "eye-workers"]]
+    section: ClassVar[Literal["face_worker", "eye_worker"]]
+    """Its section of the settings."""
+    short: ClassVar[str]
+    """What its default consumer names start with."""
     artifact: ClassVar[str]
     input_shape: ClassVar[tuple[int, ...]]
 
@@ -92,17 +96,21 @@ def _xadd(stream: str, fields: dict[str, bytes], maxlen: int, pipe: redis.client
     pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
 
 
-def run_worker(args: argparse.Namespace, worker: type[ScoringWorker], section: str, short: str) -> int:
-    """Load config and model, serve metrics, consume until SIGTERM/SIGINT (the batch is finished first)."""
-    settings = load_settings(args.config)
-    cfg: WorkerSettings = getattr(settings, section)
-    for key in ("model", "threads", "batch_size"):
-        if getattr(args, key, None) is not None:
-            setattr(cfg, key, getattr(args, key))
+def with_cli_overrides(settings: Settings, args: argparse.Namespace, worker: type[ScoringWorker]) -> Settings:
+    """``settings`` with the worker command's --model, --threads and --batch-size over its section."""
+    given = {"model": args.model, "threads": args.threads, "batch_size": args.batch_size}
+    cfg: WorkerSettings = getattr(settings, worker.section)
+    cfg = cfg.model_copy(update={key: value for key, value in given.items() if value is not None})
+    return settings.model_copy(update={worker.section: cfg})
+
+
+def serve_worker(settings: Settings, worker: type[ScoringWorker], *, name: str | None = None,
+                 metrics_port: int | None = None) -> None:
+    """Load the model, serve metrics, consume until SIGTERM/SIGINT (the batch is finished first)."""
+    cfg: WorkerSettings = getattr(settings, worker.section)
     model = OnnxModel(cfg.model or artifact_path(worker.artifact), threads=cfg.threads, input_shape=worker.input_shape)
-    name = getattr(args, "name", None) or consumer_name(short)
-    started = lifecycle.start(settings, name, getattr(args, "metrics_port", None))
+    name = name or consumer_name(worker.short)
+    started = lifecycle.start(settings, name, metrics_port)
     if started:
-        retention = settings.streams.crop_retention_s if section == "face_worker" else None
+        retention = settings.streams.crop_retention_s if worker.section == "face_worker" else None
         worker(settings, cfg, model, started[0], name, started[1], retention).run()
-    return 0

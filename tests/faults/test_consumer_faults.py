@@ -4,7 +4,6 @@ the failed one held."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -32,8 +31,8 @@ HANDLERS = {"fusion": FusionConsumer, "face-worker-1": FaceWorker, "eye-worker-1
 """The consumer class of each process ``liveness run`` starts with one face and one eye worker."""
 
 
-def faulty(consumer: type, marker: str, log_path: str, target: Callable[..., Any], *args: Any) -> None:
-    """``target(*args)`` whose consumer's handler raises while ``marker`` exists (it removes it, so once).
+def faulty(consumer: type, marker: str, log_path: str, target: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """``target(*args, **kwargs)`` whose consumer's handler raises while ``marker`` exists (it removes it, so once).
 
     The process writes its output to ``log_path``: a supervised child writes where the fork server
     was started, which need not be this test's output.
@@ -51,7 +50,7 @@ def faulty(consumer: type, marker: str, log_path: str, target: Callable[..., Any
         raise RuntimeError(f"injected fault in {type(self).__name__}.handle")
 
     consumer.handle = handle
-    target(*args)
+    target(*args, **kwargs)
 
 
 def test_a_fault_in_each_handler_ends_its_process_and_the_supervisor_restarts_it(
@@ -77,14 +76,14 @@ def test_a_fault_in_each_handler_ends_its_process_and_the_supervisor_restarts_it
 
     specs = []
     logs = {}
-    real = process_specs(argparse.Namespace(face_workers=1, eye_workers=1), load_settings(cfg), cfg)
+    real = process_specs(load_settings(cfg), face_workers=1, eye_workers=1)
     assert sorted(s.name for s in real) == sorted(HANDLERS)
     for spec in real:
         marker = tmp_path / f"fault-{spec.name}"
         marker.touch()
         logs[spec.name] = tmp_path / f"{spec.name}.log"
         specs.append(ProcessSpec(spec.name, faulty, (HANDLERS[spec.name], str(marker), str(logs[spec.name]),
-                                                     spec.target, *spec.args)))
+                                                     spec.target, *spec.args), spec.kwargs))
     exits: dict[str, int] = {}
 
     def done() -> bool:

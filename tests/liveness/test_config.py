@@ -20,6 +20,25 @@ def test_minimal_config_fills_camera_defaults(tmp_path: Path) -> None:
     assert cam.label == "live"
 
 
+def test_cameras_take_the_ingest_section_and_keep_their_own(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, (
+        "ingest: {max_fps: 5, eye_every: 4, detect: {max_faces: 2}}\n"
+        "cameras:\n"
+        "  - {id: door, source: 0, max_fps: 12, crop_every: null}\n"
+        "  - {id: hall, source: 1, detect: {every_n_frames: 3}}\n")), environ={})
+    door, hall = s.camera("door"), s.camera("hall")
+    assert (door.max_fps, door.crop_every, door.eye_every, door.detect.max_faces) == (12, 2, 4, 2)
+    assert (hall.max_fps, hall.detect.every_n_frames, hall.detect.max_faces) == (5, 3, 4)  # a section is not merged
+    assert door.detect is not hall.detect
+    assert type(s).model_validate(s.model_dump()) == s
+
+
+def test_an_invalid_ingest_section_is_reported_once(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, "ingest: {max_fps: -1}\ncameras: [{id: door, source: 0}]\n"), environ={})
+    assert "ingest.max_fps" in str(err.value) and "cameras" not in str(err.value)
+
+
 def test_webcam_index_given_as_text(tmp_path: Path) -> None:
     s = load_settings(write(tmp_path, "cameras:\n  - {id: w, source: '0'}\n"), environ={})
     assert s.camera("w").source == 0

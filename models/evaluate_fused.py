@@ -131,6 +131,8 @@ def report(results: list[SequenceResult], policy: Policy, rule: str = "evidence"
     out.update({
         "model": "fused", "rule": rule, "unit": results[0].unit if results else "sequence",
         "no_face": sum(r.track is None for r in results), "undecided": undecided,
+        "no_face_live": sum(r.track is None and r.label == "live" for r in results),
+        "no_face_spoof": sum(r.track is None and r.label == "spoof" for r in results),
         "time_to_decision_median_frames": statistics.median(ttd_frames) if ttd_frames else None,
         "time_to_decision_median_s": round(statistics.median(ttd_s), 3) if ttd_s else None,
         "time_to_decision_live_median_s": round(statistics.median(ttd_live_s), 3) if ttd_live_s else None,
@@ -177,6 +179,8 @@ def evaluate_eye(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray, 
                            "split": args.split, "unit": "window"}
     out.update(pad_report(y, s, eye.threshold).to_dict())
     out["no_face"] = sum(r.track is None for r in results)
+    out["no_face_live"] = sum(r.track is None and r.label == "live" for r in results)
+    out["no_face_spoof"] = sum(r.track is None and r.label == "spoof" for r in results)
     windows = [np.array([score for _, _, kind, score in (r.track.events if r.track else []) if kind == "eye"])
                for r in results]
     out.update(sequence_figures([int(r.label == "spoof") for r in results], windows, eye.metadata, eye.threshold))

@@ -34,7 +34,7 @@ def test_fused_one_decision_per_sequence(folders: Path, capsys: pytest.CaptureFi
     assert main(["evaluate", "--model", "fused", "--dataset", "folders", "--root", str(folders), "--json"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (report["n_live"], report["n_spoof"], report["unit"]) == (2, 2, "sequence")
-    for key in ("apcer", "bpcer", "acer", "accuracy", "auc", "no_face", "undecided",
+    for key in ("apcer", "bpcer", "acer", "accuracy", "auc", "no_face", "no_face_live", "no_face_spoof", "undecided",
                 "time_to_decision_median_frames", "time_to_decision_median_s"):
         assert key in report
     assert report["no_face"] == 0

@@ -145,15 +145,25 @@ def folders(root: str | Path, split: str | None = None) -> Dataset:
     """``ROOT/[split/]live/…`` and ``ROOT/[split/]spoof/…``; each entry an image, a video or a folder of frames.
 
     Label folders may also be called real/fake/attack. A subject may be given by a
-    ``<subject>__`` prefix of the entry name, for cross-subject splits.
+    ``<subject>__`` prefix of the entry name, for cross-subject splits. A root whose every
+    subfolder holds label folders is a set of sources (rooms, cameras): each sequence's
+    ``session`` is its source, so evaluations report per source.
     """
     root = Path(root)
     if split:
         root = root / split
     if not root.is_dir():
         raise DatasetError(f"{root}: no such folder")
+    subdirs = [p for p in root.iterdir() if p.is_dir()]
+    if subdirs and all(p.name.lower() not in LABEL_DIRS and any((p / d).is_dir() for d in LABEL_DIRS)
+                       for p in subdirs):
+        parts = [folders(p) for p in sorted(subdirs)]
+        for part, source in zip(parts, sorted(subdirs)):
+            for seq in part.sequences:
+                seq.name, seq.session = f"{source.name}-{seq.name}", source.name
+        return Dataset([s for part in parts for s in part.sequences], sum(part.skipped for part in parts))
     sequences: list[Sequence] = []
-    unknown = [p.name for p in root.iterdir() if p.is_dir() and p.name.lower() not in LABEL_DIRS]
+    unknown = [p.name for p in subdirs if p.name.lower() not in LABEL_DIRS]
     if unknown:
         raise DatasetError(f"{root}: unknown label folder(s) {sorted(unknown)} (expected live/ and spoof/)")
     skipped = 0

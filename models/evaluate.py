@@ -94,7 +94,8 @@ def evaluate_face(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray,
     report.update(no_face_counts(data.has_face, data.labels))
     report["skipped"] = dataset.skipped
     if len(set(data.sessions.tolist()) - {""}) > 1:
-        report["per_source"] = {f"session-{s}": _source_row(data, scores, data.sessions == s, model.threshold)
+        report["per_source"] = {(f"session-{s}" if s.isdigit() else s): _source_row(data, scores, data.sessions == s,
+                                                                                  model.threshold)
                                 for s in sorted(set(data.sessions.tolist()) - {""})}
     seq_ids = np.unique(data.sequence)
     seq_scores = np.array([statistics.fmean(scores[data.sequence == s].tolist()) for s in seq_ids])

@@ -60,3 +60,15 @@ def test_missing_test_list_names_the_file(nuaa_root: Path, capsys: pytest.Captur
     assert rc == 2 and "imposter_test_raw.txt: NUAA test list file missing" in capsys.readouterr().err
     with pytest.raises(DatasetError, match="unknown NUAA split 'dev'"):
         nuaa(nuaa_root, "dev")
+
+
+def test_a_root_of_source_folders_reads_each_as_a_source(tmp_path: Path) -> None:
+    from liveness.models.datasets import folders
+    from tests.conftest import SHARED
+
+    for room in ("sudipto", "yashpatil"):
+        (tmp_path / room).symlink_to(SHARED / "data" / "webcam-sources" / room)
+    data = folders(tmp_path)
+    assert {s.session for s in data.sequences} == {"sudipto", "yashpatil"}
+    assert data.counts() == {"live": 300, "spoof": 300}
+    assert all(s.name.startswith(s.session + "-") for s in data.sequences)

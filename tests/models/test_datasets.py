@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from liveness.app.cli import main
-from liveness.models.datasets import DatasetError, load, nuaa
+from liveness.models.datasets import DatasetError, folders, load, nuaa
+from tests.conftest import SHARED
 
 TRAIN = {"ClientRaw": ["0001_00_00_01_0", "0001_00_00_01_1", "0002_01_00_02_0"],
          "ImposterRaw": ["0001_00_00_01_0", "0001_00_00_01_2"]}
@@ -63,9 +64,6 @@ def test_missing_test_list_names_the_file(nuaa_root: Path, capsys: pytest.Captur
 
 
 def test_a_root_of_source_folders_reads_each_as_a_source(tmp_path: Path) -> None:
-    from liveness.models.datasets import folders
-    from tests.conftest import SHARED
-
     for room in ("sudipto", "yashpatil"):
         (tmp_path / room).symlink_to(SHARED / "data" / "webcam-sources" / room)
     data = folders(tmp_path)

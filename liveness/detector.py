@@ -23,6 +23,7 @@ import numpy as np
 
 from liveness.defaults import artifact_path
 from liveness.errors import ModelError
+from liveness.onnx import open_session
 
 INPUT_SIZE = 128
 """Side of the square image the network sees."""
@@ -56,19 +57,8 @@ class BlazeFace:
     """
 
     def __init__(self, path: str | Path | None = None, min_score: float = MIN_SCORE) -> None:
-        import onnxruntime as ort
-
         self.path = Path(path) if path is not None else artifact_path(MODEL_FILE)
-        if not self.path.is_file():
-            raise ModelError(f"{self.path}: face detector model not found")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises several private types for a bad file
-            raise ModelError(f"{self.path}: not a loadable ONNX model: {e}") from None
+        self.session = open_session(self.path, what="face detector model")
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if (len(inputs) != 1 or list(inputs[0].shape) != [1, 3, INPUT_SIZE, INPUT_SIZE]
                 or [o.shape[-1] for o in outputs] != [16, 1]):

@@ -15,11 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from liveness.errors import ModelError
+from liveness.onnx import open_session
 
 log = logging.getLogger(__name__)
-
-MAX_MODEL_BYTES = 50 * 1024 * 1024
-"""Largest ONNX file accepted, bytes: our models are a few MB; more means a wrong file."""
 
 FACE_INPUT_SHAPE = (80, 160, 3)
 """Shape of one face-model input sample: the crop as ingest publishes it, the 2.7x and 4.0x
@@ -38,24 +36,8 @@ class OnnxModel:
 
     def __init__(self, path: str | os.PathLike[str], threads: int = 1,
                  input_shape: tuple[int, ...] = FACE_INPUT_SHAPE) -> None:
-        import onnxruntime as ort
-
         self.path = Path(path)
-        if not self.path.is_file():
-            raise ModelError(f"{self.path}: model file not found")
-        size = self.path.stat().st_size
-        if size > MAX_MODEL_BYTES:
-            raise ModelError(f"{self.path}: {size} bytes, larger than the {MAX_MODEL_BYTES} accepted")
-        if threads < 1:
-            raise ModelError(f"threads must be >= 1, got {threads}")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises several private types for a bad file
-            raise ModelError(f"{self.path}: not a loadable ONNX model: {e}") from None
+        self.session = open_session(self.path, threads)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelError(f"{self.path}: expected 1 input and 1 output, got {len(inputs)} and {len(outputs)}")

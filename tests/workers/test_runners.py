@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from liveness.errors import ModelError
-from liveness.workers.runners import MAX_MODEL_BYTES, OnnxModel
+from liveness.onnx import MAX_MODEL_BYTES
+from liveness.workers.runners import OnnxModel
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402

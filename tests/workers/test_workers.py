@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import time
@@ -116,12 +117,17 @@ def test_garbage_goes_to_dead_letters(r: redis.Redis, prefix: str, tmp_path: Pat
     cfg = config(tmp_path, prefix)
     good = crop_message(real_crops("live")[0], "cam", "cam:1:1", 1)
     bad_jpeg = crop_message(b"\x00garbage bytes, not a JPEG", "cam", "cam:1:2", 2)
+    old_release = {**good.to_fields(), "v": b"1"}  # the previous contract: one aligned 112x112 crop, no views
+    old_release.pop("views")
+    other_views = dataclasses.replace(good, track="cam:1:3", views=[1.0, 2.0])
     r.xadd(keys.stream(FaceCrop), {"whatever": b"\xff\xfe\x00"})
+    r.xadd(keys.stream(FaceCrop), old_release)
+    r.xadd(keys.stream(FaceCrop), other_views.to_fields())
     r.xadd(keys.stream(FaceCrop), bad_jpeg.to_fields())
     r.xadd(keys.stream(FaceCrop), good.to_fields())
     worker = start("face-worker", cfg, "w")
     try:
-        wait_for(lambda: r.xlen(keys.stream(FaceScore)) >= 1 and r.xlen(keys.dead(keys.stream(FaceCrop))) >= 2,
+        wait_for(lambda: r.xlen(keys.stream(FaceScore)) >= 1 and r.xlen(keys.dead(keys.stream(FaceCrop))) >= 4,
                  timeout_s=60)
         assert worker.poll() is None
     finally:
@@ -129,6 +135,8 @@ def test_garbage_goes_to_dead_letters(r: redis.Redis, prefix: str, tmp_path: Pat
     dead = [f for _, f in r.xrange(keys.dead(keys.stream(FaceCrop)))]
     reasons = sorted(f[b"reason"].decode() for f in dead)
     assert any("schema version" in x for x in reasons) and any("not a decodable image" in x for x in reasons)
+    assert any("schema version 1, this release reads 2" in x for x in reasons)
+    assert any("views [1.0, 2.0] do not match the face model's [2.7, 4.0]" in x for x in reasons)
     assert [s.track for s in scores(r, keys, FaceScore)] == ["cam:1:1"]
     assert "Traceback" not in out
 

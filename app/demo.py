@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import math
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -36,7 +37,7 @@ def portrait() -> np.ndarray:
 
 def printed_photo(img: np.ndarray) -> np.ndarray:
     """Head-and-shoulders crop as it looks on paper: duller, warmer, with a white margin."""
-    photo = img[55:235, 145:295].astype(np.float32)
+    photo: np.ndarray = img[55:235, 145:295].astype(np.float32)
     photo = 35 + photo * 0.78  # paper cannot reproduce deep blacks or bright highlights
     photo[..., 2] *= 1.04
     photo[..., 0] *= 0.95
@@ -55,13 +56,13 @@ def background(rng: np.random.Generator) -> np.ndarray:
     return np.clip(wall, 0, 255).astype(np.uint8)
 
 
-def frames(seconds: float = 12.0, fps: float = 15.0, seed: int = 0):  # type: ignore[no-untyped-def]
+def frames(seconds: float = 12.0, fps: float = 15.0, seed: int = 0) -> Iterator[np.ndarray]:
     """Yield the demo frames: the print swaying, tilting and turning in a hand."""
     rng = np.random.default_rng(seed)
     photo = printed_photo(portrait())
     ph, pw = photo.shape[:2]
     room = background(rng)
-    src = np.float32([[0, 0], [pw, 0], [pw, ph], [0, ph]])
+    src = np.array([[0, 0], [pw, 0], [pw, ph], [0, ph]], np.float32)
     for i in range(int(seconds * fps)):
         t = i / fps
         cx = SIZE[0] / 2 + 40 * math.sin(0.7 * t) + 6 * math.sin(5.1 * t)
@@ -70,10 +71,10 @@ def frames(seconds: float = 12.0, fps: float = 15.0, seed: int = 0):  # type: ig
         angle = math.radians(6 * math.sin(0.8 * t))
         turn = 0.12 * math.sin(0.5 * t)  # the print turns about its vertical axis: a trapezoid
         hw, hh = pw * scale / 2, ph * scale / 2
-        corners = np.float32([[-hw * (1 - turn), -hh * (1 + turn)], [hw * (1 + turn), -hh * (1 - turn)],
-                              [hw * (1 + turn), hh * (1 - turn)], [-hw * (1 - turn), hh * (1 + turn)]])
-        rot = np.float32([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-        dst = corners @ rot.T + np.float32([cx, cy])
+        corners = np.array([[-hw * (1 - turn), -hh * (1 + turn)], [hw * (1 + turn), -hh * (1 - turn)],
+                            [hw * (1 + turn), hh * (1 - turn)], [-hw * (1 - turn), hh * (1 + turn)]], np.float32)
+        rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]], np.float32)
+        dst = corners @ rot.T + np.array([cx, cy], np.float32)
         m = cv2.getPerspectiveTransform(src, dst)
         warped = cv2.warpPerspective(photo, m, SIZE, flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
         mask = cv2.warpPerspective(np.full((ph, pw), 255, np.uint8), m, SIZE)
@@ -87,7 +88,7 @@ def frames(seconds: float = 12.0, fps: float = 15.0, seed: int = 0):  # type: ig
 def write_clip(dest: Path, seconds: float = 12.0, fps: float = 15.0) -> Path:
     """Write the demo clip (Motion-JPEG AVI, which OpenCV's FFmpeg backend always reads)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(dest), cv2.VideoWriter_fourcc(*"MJPG"), fps, SIZE)
+    writer = cv2.VideoWriter(str(dest), cv2.VideoWriter.fourcc(*"MJPG"), fps, SIZE)
     if not writer.isOpened():
         raise LivenessError(f"cannot write the demo clip {dest}")
     for frame in frames(seconds, fps):

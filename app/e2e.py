@@ -15,7 +15,9 @@ import tempfile
 import time
 import urllib.request
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -26,7 +28,11 @@ from liveness.config import Settings, load_settings
 from liveness.contract import Decision, Keys
 from liveness.errors import LivenessError
 from liveness.redisconn import connect
-from liveness.supervisor import Supervisor
+from liveness.streams import RawEntry
+from liveness.supervisor import ProcessSpec, Supervisor
+
+if TYPE_CHECKING:
+    from liveness.models.datasets import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +94,15 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, object]:
         t_start = time.monotonic()
         client = connect(settings.redis)
         keys = Keys(settings.prefix)
-        marks: dict[str, object] = {}
+        marks = _Marks()
 
         def until() -> bool:
             now = time.monotonic()
-            if "start" not in marks and now - t_start >= WARMUP_S:
-                marks["start"] = time.time()
-                marks["metrics"] = _totals(settings, len(specs))
-                marks["cpu"] = _cpu_all(specs)
-            return "start" in marks and now - t_start >= WARMUP_S + args.duration
+            if marks.start is None and now - t_start >= WARMUP_S:
+                marks.start = time.time()
+                marks.metrics = _totals(settings, len(specs))
+                marks.cpu = _cpu_all(specs)
+            return marks.start is not None and now - t_start >= WARMUP_S + args.duration
 
         supervisor.run(until=until, stop_after=False)
         end_wall = time.time()
@@ -107,17 +113,17 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, object]:
         time.sleep(DRAIN_S)
         drained = _totals(settings, len(specs))
         supervisor.stop()
-        start_wall = float(marks["start"])  # type: ignore[arg-type]
-        decisions = [Decision.from_fields(f) for _, f in client.xrange(keys.stream(Decision),
-                                                                         min=f"{int(start_wall * 1000)}-0",
-                                                                         max=f"{int(end_wall * 1000)}-0")]
-    before = marks["metrics"]  # type: ignore[assignment]
+        if marks.start is None:
+            raise LivenessError("bench e2e: stopped before the warm-up ended")
+        entries = cast(list[RawEntry], client.xrange(keys.stream(Decision), min=f"{int(marks.start * 1000)}-0",
+                                                      max=f"{int(end_wall * 1000)}-0"))
+        decisions = [Decision.from_fields(f) for _, f in entries]
+    before = marks.metrics
     latency = np.array([d.decided_ts - d.last_capture_ts for d in decisions]) if decisions else np.array([np.nan])
     ttd = [d.decided_ts - d.first_capture_ts for d in decisions if d.frames and _first(d, decisions)]
     frames = after.get("liveness_frames_processed_total", 0) - before.get("liveness_frames_processed_total", 0)
     shed = after.get("liveness_frames_shed_total", 0) - before.get("liveness_frames_shed_total", 0)
     skipped = after.get("liveness_frames_skipped_total", 0) - before.get("liveness_frames_skipped_total", 0)
-    cpu_before = marks["cpu"]  # type: ignore[assignment]
     return {
         "bench": "e2e", "cameras": args.cameras, "fps": args.fps, "duration_s": args.duration,
         "face_workers": args.face_workers, "eye_workers": args.eye_workers,
@@ -125,12 +131,21 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, object]:
         "skipped": int(skipped), "decisions": len(decisions), "lost": _lost(after_ingest, drained),
         "latency_p50_s": _pct(latency, 50), "latency_p95_s": _pct(latency, 95), "latency_p99_s": _pct(latency, 99),
         "time_to_decision_median_s": round(float(np.median(ttd)), 3) if ttd else None,
-        "cpu_s": {name: round(cpu[name] - cpu_before.get(name, 0.0), 1) for name in cpu},  # type: ignore[union-attr]
+        "cpu_s": {name: round(cpu[name] - marks.cpu.get(name, 0.0), 1) for name in cpu},
         "cpu_cores": os.cpu_count(),
     }
 
 
-def _renamed(seq, i: int):  # type: ignore[no-untyped-def]
+@dataclass
+class _Marks:
+    """What the run records when the warm-up ends."""
+
+    start: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+
+def _renamed(seq: Sequence, i: int) -> Sequence:
     """A copy of a sequence with a camera-unique name (sequences repeat when N is large)."""
     from dataclasses import replace
 
@@ -145,7 +160,7 @@ def _totals(settings: Settings, n: int) -> dict[str, float]:
     return total
 
 
-def _cpu_all(specs) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def _cpu_all(specs: list[ProcessSpec]) -> dict[str, float]:
     out = {}
     for spec in specs:
         if spec.process is not None and spec.process.pid and spec.process.is_alive():

@@ -18,10 +18,14 @@ import tempfile
 import threading
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from liveness.errors import LivenessError
+
+if TYPE_CHECKING:  # imported where used: the datasets module loads what serving does not need
+    from liveness.models.datasets import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,7 @@ def mount_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)[:60]
 
 
-def stage_frames(sequence, dest: Path, fps: float) -> str:  # type: ignore[no-untyped-def]
+def stage_frames(sequence: Sequence, dest: Path, fps: float) -> str:
     """The sequence encoded once to H.264, one access unit per file, numbered from 0.
 
     The RTSP server loops these files without re-encoding, so serving N cameras costs almost
@@ -65,7 +69,8 @@ def stage_frames(sequence, dest: Path, fps: float) -> str:  # type: ignore[no-un
 class Replay:
     """The RTSP server process and the camera list it serves."""
 
-    def __init__(self, sequences, port: int, fps: float, workdir: Path, host: str = "127.0.0.1") -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, sequences: list[Sequence], port: int, fps: float, workdir: Path,
+                 host: str = "127.0.0.1") -> None:
         self.port = port
         self.host = host
         self.cameras: list[dict[str, object]] = []
@@ -89,7 +94,7 @@ class Replay:
             self.proc.wait(10)
 
 
-def interleave(sequences):  # type: ignore[no-untyped-def]
+def interleave(sequences: list[Sequence]) -> list[Sequence]:
     """Alternate live and spoof sequences, so ``--limit`` serves both labels."""
     live = [s for s in sequences if s.label == "live"]
     spoof = [s for s in sequences if s.label == "spoof"]

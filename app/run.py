@@ -125,10 +125,10 @@ def show_table(settings: Settings, stop: threading.Event, every_s: float = 1.0) 
         bpcer = sum(latest.get(c) is None or latest[c].verdict != "live" for c in lives) / max(1, len(lives))
         rows = [f"{'camera':<34} {'truth':<6} {'verdict':<9} {'conf':>5} {'track':<26} {'latency':>8}"]
         for cam, label in labels.items():
-            d = latest.get(cam)
-            rows.append(f"{cam:<34} {label or '-':<6} {(d.verdict if d else 'waiting'):<9} "
-                        f"{(f'{d.confidence:.2f}' if d else ''):>5} {(d.track if d else ''):<26} "
-                        f"{(f'{(d.decided_ts - d.last_capture_ts) * 1000:.0f} ms' if d else ''):>8}")
+            last = latest.get(cam)
+            rows.append(f"{cam:<34} {label or '-':<6} {(last.verdict if last else 'waiting'):<9} "
+                        f"{(f'{last.confidence:.2f}' if last else ''):>5} {(last.track if last else ''):<26} "
+                        f"{(f'{(last.decided_ts - last.last_capture_ts) * 1000:.0f} ms' if last else ''):>8}")
         median = sorted(latencies)[len(latencies) // 2] * 1000 if latencies else float("nan")
         rows.append(f"\nAPCER {apcer:.2%}  BPCER {bpcer:.2%} (undecided live counts as rejected)  "
                     f"decisions {len(latencies)}  median latency {median:.0f} ms   ^C to stop")

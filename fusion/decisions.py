@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from dataclasses import asdict
-from typing import Iterator
+from typing import Iterator, cast
 
 import redis
 
@@ -18,6 +18,7 @@ from liveness.config import load_settings
 from liveness.contract import Decision, Keys
 from liveness.errors import PoisonMessageError
 from liveness.redisconn import connect
+from liveness.streams import ReadReply, RawEntry
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,9 @@ def tail(client: redis.Redis, stream: str, start: str = "0-0", *, follow: bool =
                 block = max(1, min(block, int(left * 1000)))
         try:
             if last == "$":  # the id of the newest entry, so nothing written between two reads is missed
-                newest = client.xrevrange(stream, count=1)
+                newest = cast(list[RawEntry], client.xrevrange(stream, count=1))
                 last = newest[0][0].decode() if newest else "0-0"
-            reply = client.xread({stream: last}, count=READ_COUNT, block=block)
+            reply = cast(ReadReply, client.xread({stream: last}, count=READ_COUNT, block=block))
         except (redis.ConnectionError, redis.TimeoutError) as e:
             if not follow:
                 raise

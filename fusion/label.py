@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import cast
 
 import redis
 
@@ -16,13 +17,14 @@ from liveness.config import load_settings
 from liveness.contract import FaceScore, Keys, Label
 from liveness.errors import LivenessError, PoisonMessageError
 from liveness.redisconn import connect
+from liveness.streams import RawEntry
 
 
 def recent_tracks(client: redis.Redis, keys: Keys, camera: str, seconds: float) -> list[str]:
     """Tracks of ``camera`` with a face score in the last ``seconds``, oldest first."""
     start = f"{int((time.time() - seconds) * 1000)}-0"
     tracks: dict[str, None] = {}
-    for _, fields in client.xrange(keys.stream(FaceScore), min=start):
+    for _, fields in cast(list[RawEntry], client.xrange(keys.stream(FaceScore), min=start)):
         try:
             score = FaceScore.from_fields(fields)
         except PoisonMessageError:
@@ -45,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     for track in tracks:
         msg = Label(args.camera, track, args.label, time.time())
         msg.validate()
-        entry = client.xadd(keys.stream(Label), msg.to_fields(), maxlen=settings.streams.maxlen, approximate=True)
+        entry = cast(bytes, client.xadd(keys.stream(Label), msg.to_fields(), maxlen=settings.streams.maxlen,
+                                        approximate=True))
         print(f"labelled {args.camera} {track} as {args.label} ({entry.decode()})")
     return 0

@@ -28,7 +28,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, TypeVar, cast
 
 import redis
 
@@ -40,7 +40,7 @@ from liveness.evidence import TrackEvidence, live_baseline, load_policy
 from liveness.fusion import metrics
 from liveness.fusion.webhook import Webhook
 from liveness.metrics import STAGE_LATENCY
-from liveness.streams import Crew, Entry, Failed, Outcome, StreamConsumer, consumer_name
+from liveness.streams import Crew, Entry, Failed, Outcome, RawEntry, StreamConsumer, consumer_name
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +158,14 @@ class FusionConsumer(StreamConsumer):
                 seen_reply: list[int] | redis.ResponseError, ids: list[str], items: list[Item],
                 now: float) -> TrackUpdate:
         """The track's state after ``items``; CorruptStateError if what Redis holds for it is not a state."""
-        for key, reply in ((self.keys.track_state(track), state), (self.keys.seen(track), seen_reply)):
-            if isinstance(reply, redis.ResponseError):
-                raise CorruptStateError(f"{key}: {reply}")
+        if isinstance(state, redis.ResponseError):
+            raise CorruptStateError(f"{self.keys.track_state(track)}: {state}")
+        if isinstance(seen_reply, redis.ResponseError):
+            raise CorruptStateError(f"{self.keys.seen(track)}: {seen_reply}")
         f = self.fusion
-        ev = TrackEvidence.from_hash(state)  # type: ignore[arg-type]
+        ev = TrackEvidence.from_hash(state)
         update = TrackUpdate(track, ev, (ev.label, ev.verdict))
-        seen = {i for i, hit in zip(ids, seen_reply) if hit}  # type: ignore[arg-type]
+        seen = {i for i, hit in zip(ids, seen_reply) if hit}
         for item in items:
             if item.label is not None:
                 ev.camera = ev.camera or item.label.camera
@@ -183,6 +184,7 @@ class FusionConsumer(StreamConsumer):
             update.new_ids.append(source)
             ev.camera = ev.camera or sc.camera
             ev.label = ev.label or (sc.label or "")
+            # ignored below: a score's stream, so kind is face or eye, not label
             ev.add(self.kind, sc.score, sc.capture_ts, f.policy, f.baselines.get(ev.camera))  # type: ignore[arg-type]
             update.latencies.append(max(0.0, now - sc.scored_ts))
         verdict, confidence = ev.decide(f.policy, f.settings.fusion.rule)
@@ -210,13 +212,14 @@ class FusionConsumer(StreamConsumer):
                 pipe.expire(keys.seen(u.track), ttl)
             pipe.zadd(keys.open_tracks, {u.track: now})
             _count_accuracy(pipe, keys, u.state, u.before)
-            if u.labelled and u.live_mean is None:
-                pipe.zrem(keys.calibration(u.state.camera), u.track)
-            elif u.labelled:
-                pipe.zadd(keys.calibration(u.state.camera), {u.track: u.live_mean})
-                pipe.sadd(keys.calibrated, u.state.camera)
+            if u.labelled:
+                if u.live_mean is None:
+                    pipe.zrem(keys.calibration(u.state.camera), u.track)
+                else:
+                    pipe.zadd(keys.calibration(u.state.camera), {u.track: u.live_mean})
+                    pipe.sadd(keys.calibrated, u.state.camera)
             if u.decision is not None:
-                pipe.xadd(keys.stream(Decision), u.decision.to_fields(),  # type: ignore[arg-type]
+                pipe.xadd(keys.stream(Decision), u.decision.to_fields(),
                           maxlen=settings.streams.maxlen, approximate=True)
         for track in reset:
             reset_keys(pipe, keys.track_state(track), keys.seen(track))
@@ -348,7 +351,7 @@ class Fusion:
     def refresh_calibration(self) -> None:
         """Re-read every camera's live-labelled tracks (kept bounded) and recompute its calibration."""
         cameras = []
-        for member in self.read(self.keys.calibrated, self.redis.smembers, set()):
+        for member in self.read(self.keys.calibrated, lambda key: cast(set[bytes], self.redis.smembers(key)), set[bytes]()):
             try:
                 cameras.append(member.decode())
             except UnicodeDecodeError:
@@ -390,13 +393,15 @@ class Fusion:
 
         metrics.TRACKS_OPEN.set(self.read(self.keys.open_tracks, open_tracks, 0))
         run: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
-        for camera, label, verdict, count in accuracy_counts(self.read(self.keys.accuracy, self.redis.hgetall, {})):
+        for camera, label, verdict, count in accuracy_counts(self.read(
+                self.keys.accuracy, lambda key: cast(dict[bytes, bytes], self.redis.hgetall(key)), {})):
             for cam in (camera, "all"):
                 run[cam][(label, verdict)] = run[cam].get((label, verdict), 0) + count
         window: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
         start_id = f"{int((now - self.settings.fusion.window_s) * 1000)}-0"
         latest: dict[str, Decision] = {}
-        for _, fields in self.redis.xrange(self.keys.stream(Decision), min=start_id, count=100_000):
+        decisions = cast(list[RawEntry], self.redis.xrange(self.keys.stream(Decision), min=start_id, count=100_000))
+        for _, fields in decisions:
             try:
                 d = Decision.from_fields(fields)
             except PoisonMessageError:

@@ -97,7 +97,7 @@ def collect(camera: CameraSettings, entry: Path, crops: bool, seconds: float | N
                         break
                     continue
                 last_frame = time.monotonic()
-                ts = frame.capture_ts if live else frame.index / reader.fps  # type: ignore[union-attr]
+                ts = frame.index / reader.fps if isinstance(reader, FileReader) else frame.capture_ts  # a file: not live
                 if not pacer.take(ts):
                     continue
                 start = ts if start is None else start

@@ -181,12 +181,13 @@ class IngestService:
             metrics.FRAMES_SKIPPED.labels(cam).inc(reader.overwritten)
             reader.overwritten = 0
             # files: time in the video, continued across loops, so --fast and --loop keep eye timing
-            media_ts = frame.capture_ts if live else self._media_offset + frame.index / reader.fps  # type: ignore[union-attr]
+            file = reader if isinstance(reader, FileReader) else None  # not live
+            media_ts = frame.capture_ts if file is None else self._media_offset + frame.index / file.fps
             if not self.pacer.take(media_ts):
                 metrics.FRAMES_SKIPPED.labels(cam).inc()
                 continue
-            if not live:
-                self._media_end = media_ts + 1.0 / reader.fps  # type: ignore[union-attr]
+            if file is not None:
+                self._media_end = media_ts + 1.0 / file.fps
             metrics.STAGE_SECONDS.labels(cam, "decode").observe(time.perf_counter() - t0)
             self.process(frame, media_ts)
             got += 1
@@ -236,13 +237,14 @@ class IngestService:
         face = track.face
         state.eyes.add(media_ts, face.left, face.right)
         now = time.time()
-        box = tuple(int(v) for v in face.box)
+        x, y, w, h = face.box
+        box = (int(x), int(y), int(w), int(h))  # numpy integers do not encode as JSON
         out: list[FaceCrop | EyeSample] = []
         state.frames += 1
         if sends(state.frames, self.camera.eye_every):
             window = state.eyes.window()
             out.append(EyeSample(
-                cam, track.id, frame.index, frame.capture_ts, now, box, face.left, face.right,  # type: ignore[arg-type]
+                cam, track.id, frame.index, frame.capture_ts, now, box, face.left, face.right,
                 state.eyes.open_level, window, state.eyes.rate_hz if window else None, self.camera.label,
             ))
         crop_every = self.camera.crop_every * (DECIDED_SLOWDOWN if state.decided else 1)
@@ -252,7 +254,7 @@ class IngestService:
             else:
                 jpeg = crop_jpeg(frame.image, face.landmarks, self.camera.crop)
                 if jpeg is not None:
-                    out.append(FaceCrop(cam, track.id, frame.index, frame.capture_ts, now, box,  # type: ignore[arg-type]
+                    out.append(FaceCrop(cam, track.id, frame.index, frame.capture_ts, now, box,
                                         jpeg, list(self.camera.crop.views), self.camera.label))
         return out
 
@@ -300,7 +302,7 @@ class IngestService:
         maxlen = self.settings.streams.maxlen
         pipe = self.redis.pipeline(transaction=False)
         for msg in messages:
-            pipe.xadd(self.keys.stream(msg), msg.to_fields(), maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+            pipe.xadd(self.keys.stream(msg), msg.to_fields(), maxlen=maxlen, approximate=True)
         trim = now >= self._next_trim
         if trim:
             self._next_trim = now + TRIM_EVERY_S

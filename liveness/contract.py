@@ -15,10 +15,13 @@ import re
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping
 
 from liveness.defaults import KEY_PREFIX, SCHEMA_VERSION
 from liveness.errors import MessageError, PoisonMessageError
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
 
 MAX_CROP_BYTES = 256 * 1024
 """Largest JPEG crop accepted, bytes; bigger ones are dead-lettered."""
@@ -27,6 +30,9 @@ MAX_FIELD_BYTES = 64 * 1024
 """Largest non-crop field accepted, bytes."""
 
 Box = tuple[int, int, int, int]
+
+Verdict = Literal["live", "spoof", "undecided"]
+"""What fusion decides about a track."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,7 @@ def _decode(name: str, raw: bytes, kind: Any) -> Any:
     except UnicodeDecodeError:
         raise PoisonMessageError(f"field {name!r}: not valid text") from None
     try:
-        if kind is str:
+        if kind is str or typing.get_origin(kind) is Literal:  # a Literal's values: checked by validate()
             return text
         if kind is int:
             return int(text)
@@ -140,22 +146,26 @@ def _check_json(name: str, value: Any, kind: Any) -> Any:
     raise TypeError(f"no decoder for {kind}")
 
 
+Fields = Mapping[bytes, bytes] | Mapping[str, bytes] | Mapping[bytes | str, bytes | str]
+"""A stream entry's fields: bytes as the client reads them, text keys as ``to_fields()`` writes them."""
+
+
 class Message:
     """Base of every stream message: one dataclass, one stream, one schema version."""
 
     stream: ClassVar[str]
 
-    def to_fields(self) -> dict[str, bytes]:
+    def to_fields(self) -> dict[FieldT, EncodableT]:
         """Fields for ``XADD``; ``None`` values are left out."""
-        fields = {"v": str(SCHEMA_VERSION).encode()}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+        fields: dict[FieldT, EncodableT] = {"v": str(SCHEMA_VERSION).encode()}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]  # every subclass is a dataclass, the base is not
             value = getattr(self, f.name)
             if value is not None:
                 fields[f.name] = _encode(value)
         return fields
 
     @classmethod
-    def from_fields(cls, fields: Mapping[bytes | str, bytes | str]) -> typing.Self:
+    def from_fields(cls, fields: Fields) -> typing.Self:
         """Decode and validate; raises PoisonMessageError naming the first bad field."""
         raw = {(k.decode("utf-8", "replace") if isinstance(k, bytes) else k): (v.encode() if isinstance(v, str) else v)
                for k, v in fields.items()}
@@ -165,7 +175,7 @@ class Message:
             raise PoisonMessageError(f"{cls.__name__}: schema version {got}, this release reads {SCHEMA_VERSION} "
                                      f"(a producer of another release is writing to this stream)")
         values: dict[str, Any] = {}
-        for name, kind, optional in _schema(cls):
+        for name, kind, optional in _schema(cls):  # type: ignore[arg-type]  # classes are hashable
             if name not in raw:
                 if optional:
                     continue
@@ -317,7 +327,7 @@ class Decision(Message):
     stream: ClassVar[str] = "decisions"
     camera: str
     track: str
-    verdict: str
+    verdict: Verdict
     confidence: float
     face_evidence: float
     eye_evidence: float

@@ -73,9 +73,9 @@ def view_box(frame_shape: tuple[int, ...], box: tuple[int, int, int, int], crop:
     the scaled box would not fit the frame, and the box is shifted, not padded, to lie inside.
     """
     h, w = frame_shape[:2]
-    x, y, bw, bh = box
-    cx, cy = x + bw / 2.0, y + bh / 2.0 + crop.box_shift * bh
-    bw, bh = max(bw * crop.box_width, 1.0), max(bh * crop.box_height, 1.0)
+    x, y, box_w, box_h = box
+    cx, cy = x + box_w / 2.0, y + box_h / 2.0 + crop.box_shift * box_h
+    bw, bh = max(box_w * crop.box_width, 1.0), max(box_h * crop.box_height, 1.0)
     scale = min((h - 1) / bh, (w - 1) / bw, scale)
     nw, nh = bw * scale, bh * scale
     x0, y0, x1, y1 = cx - nw / 2, cy - nh / 2, cx + nw / 2, cy + nh / 2

@@ -23,13 +23,16 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import redis
 from prometheus_client import Counter, Gauge, Histogram
 
 from liveness.contract import Keys
 from liveness.redisconn import wait_until_up
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,11 @@ REDIS_ERRORS = Counter("liveness_redis_errors_total", "Redis failures seen by a 
 
 Entry = tuple[str, dict[bytes, bytes]]
 """(entry id, fields) of one stream entry."""
+RawEntry = tuple[bytes, dict[bytes, bytes]]
+"""A stream entry as the client reads it. ``connect()`` leaves replies undecoded, which redis-py's
+annotations (bytes or text, RESP2 or RESP3) cannot know: read replies are cast to this."""
+ReadReply = list[tuple[bytes, list[RawEntry]]]
+"""An XREAD or XREADGROUP reply (RESP2): (stream, entries) per stream."""
 Write = Callable[[redis.client.Pipeline], None]
 Failed = list[tuple[tuple[Any, ...], redis.ResponseError]]
 """(command arguments, error) of each write that Redis refused in a committed transaction."""
@@ -164,10 +172,10 @@ class StreamConsumer:
                     handled += 1
         if handled:
             return handled
-        reply = self.redis.xreadgroup(self.group, self.name, {s: ">" for s in self.streams}, count=self.batch_size,
-                                      block=self.block_ms)
-        for stream, msgs in reply or []:
-            self.stream = _text(stream)
+        reply = cast(ReadReply | None, self.redis.xreadgroup(
+            self.group, self.name, {s: ">" for s in self.streams}, count=self.batch_size, block=self.block_ms))
+        for read_from, msgs in reply or []:
+            self.stream = _text(read_from)
             entries = [(_text(i), f) for i, f in msgs]
             if entries:
                 self.process(entries)
@@ -184,7 +192,7 @@ class StreamConsumer:
         if not entries:
             return []
         RECLAIMED.labels(self.group).inc(len(entries))
-        pending = self.redis.xpending_range(self.stream, self.group, min=entries[0][0], max=entries[-1][0],
+        pending: list[dict[str, Any]] = self.redis.xpending_range(self.stream, self.group, min=entries[0][0], max=entries[-1][0],
                                             count=len(entries) * 4, consumername=self.name)
         deliveries = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
         keep: list[Entry] = []
@@ -249,7 +257,7 @@ class StreamConsumer:
             write(pipe)
         fields_by_id = dict(entries)
         for entry_id, reason in outcome.dead.items():
-            dead = {b"source_stream": self.stream.encode(), b"source_id": entry_id.encode(),
+            dead: dict[FieldT, EncodableT] = {b"source_stream": self.stream.encode(), b"source_id": entry_id.encode(),
                     b"reason": reason[:DEAD_REASON_MAX].encode(), b"group": self.group.encode()}
             dead.update({b"f:" + k: v for k, v in fields_by_id.get(entry_id, {}).items()})
             pipe.xadd(self.keys.dead(self.stream), dead, maxlen=self.dead_maxlen, approximate=True)

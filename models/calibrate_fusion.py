@@ -43,7 +43,7 @@ ROOM_CHUNK = 15
 
 ROOM_FPS = 10.0
 
-GRID = {
+GRID: dict[str, list[float]] = {
     "face_threshold": [0.5, 0.65, 0.8, 0.9, 0.95, 0.98],
     "face_weight": [0.25, 0.5],
     "face_cap": [4, 12],
@@ -63,7 +63,7 @@ def room_sequences(root: str, room: str) -> list[Sequence]:
     for label in ("live", "spoof"):
         frames = [p for s in folders(root, room).sequences if s.label == label for p in s.frames]
         for k in range(0, len(frames) - ROOM_CHUNK + 1, ROOM_CHUNK):
-            out.append(Sequence(f"{room}-{label}-{k // ROOM_CHUNK:02d}", label, frames[k:k + ROOM_CHUNK],  # type: ignore[arg-type]
+            out.append(Sequence(f"{room}-{label}-{k // ROOM_CHUNK:02d}", label, frames[k:k + ROOM_CHUNK],
                                 fps=ROOM_FPS, subject=f"{room}-{'ab'[(k // ROOM_CHUNK) % 2]}", session=room))
     return out
 

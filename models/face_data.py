@@ -73,7 +73,7 @@ def crop_shape(crop: CropSettings) -> tuple[int, int, int]:
 def jpeg_roundtrip(crop: np.ndarray, quality: int) -> np.ndarray:
     """Encode and decode as ingest and the worker do, so JPEG artefacts match run time."""
     ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else crop
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else crop  # type: ignore[return-value]  # decodes what it encoded
 
 
 def _frames(dataset: Dataset, stride: int) -> Iterator[tuple[int, str, np.ndarray | None]]:
@@ -101,7 +101,8 @@ def extract(dataset: Dataset, crop: CropSettings, limit: int | None = None) -> F
     known = sum(len(s.frames) for s in dataset.sequences if s.video is None)
     stride = max(1, -(-known // limit)) if limit else 1
     pipe = FacePipeline(crop=crop)
-    crops, has_face, landmarks, seq_idx, paths = [], [], [], [], []
+    paths: list[str] = []
+    crops, has_face, landmarks, seq_idx = [], [], [], []
     for i, source, img in tqdm(_frames(dataset, stride), desc="faces", unit="frame", total=known // stride or None):
         if limit is not None and len(paths) >= limit:
             break

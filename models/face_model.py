@@ -45,7 +45,9 @@ class FaceModel(nn.Module):
     def embeddings(self, crops: torch.Tensor) -> torch.Tensor:
         """``(N, 80, 160, 3)`` crops -> ``(N, 256)``: both networks' embeddings."""
         x = crops.permute(0, 3, 1, 2)
-        return torch.cat([net.features(x[:, :, :, VIEW * i:VIEW * (i + 1)]) for i, net in enumerate(self.nets)], 1)
+        # nn.ModuleList items are typed as Module, whose attributes torch types as Tensor | Module
+        return torch.cat([net.features(x[:, :, :, VIEW * i:VIEW * (i + 1)])  # type: ignore[operator]
+                          for i, net in enumerate(self.nets)], 1)
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.head(self.embeddings(crops)))

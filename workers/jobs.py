@@ -88,7 +88,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         for job in list(pending):
             status = job.get_status(refresh=True)
             if status == "finished":
-                print(json.dumps({"job": job.id, **job.return_value()}))  # type: ignore[dict-item]
+                print(json.dumps({"job": job.id, **job.return_value()}))  # type: ignore[dict-item]  # rq: Any | None
                 pending.remove(job)
             elif status in ("failed", "stopped", "canceled"):
                 print(json.dumps({"job": job.id, "clip": job.args[0], "status": str(status)}))
@@ -117,6 +117,6 @@ def run_list(args: argparse.Namespace) -> int:
             if status == "finished":
                 out["decision"] = (job.return_value() or {}).get("decision")
             elif status == "failed":
-                out["error"] = (job.latest_result().exc_string or "").strip().splitlines()[-1:]  # type: ignore[union-attr]
+                out["error"] = (job.latest_result().exc_string or "").strip().splitlines()[-1:]  # type: ignore[union-attr]  # failed: has a result
             print(json.dumps(out))
     return 0

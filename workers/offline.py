@@ -14,6 +14,7 @@ from typing import Iterable
 import numpy as np
 
 from liveness.config import CameraDefaults
+from liveness.contract import Verdict
 from liveness.errors import PoisonMessageError
 from liveness.evidence import Policy, TrackEvidence
 from liveness.eyes import EyeHistory, eye_input
@@ -32,7 +33,7 @@ class TrackResult:
     frames: int
     first_ts: float
     last_ts: float
-    verdict: str = "undecided"
+    verdict: Verdict = "undecided"
     confidence: float = 0.0
     face_evidence: float = 0.0
     eye_evidence: float = 0.0
@@ -56,7 +57,7 @@ class TrackResult:
         self.verdict, self.confidence, self.decision_s, self.decision_frames = "undecided", 0.0, None, None
         first_frame = self.events[0][1] if self.events else 0
         for ts, frame, kind, score in self.events:
-            ev.add(kind, score, ts, policy, baseline)  # type: ignore[arg-type]
+            ev.add(kind, score, ts, policy, baseline)  # type: ignore[arg-type]  # events are face or eye
             verdict, confidence = ev.decide(policy, rule)
             if verdict != "undecided":
                 if self.decision_s is None:
@@ -88,7 +89,7 @@ class OfflineAnalyzer:
 
     def analyze(self, frames: Iterable[tuple[float, np.ndarray]]) -> list[TrackResult]:
         """Tracks of one clip, longest first. ``frames`` yields (seconds, BGR frame)."""
-        tracker = FaceTracker(self.pipeline)
+        tracker = FaceTracker[None](self.pipeline)
         histories: dict[str, EyeHistory] = {}
         events: dict[str, list[_Event]] = {}
         results: dict[str, TrackResult] = {}

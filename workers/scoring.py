@@ -12,14 +12,14 @@ import logging
 import threading
 import time
 from functools import partial
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 import redis
 
 from liveness import lifecycle
 from liveness.config import Settings, WorkerSettings
-from liveness.contract import Keys, Message, Score
+from liveness.contract import EyeSample, FaceCrop, Keys, Score
 from liveness.defaults import artifact_path
 from liveness.errors import PoisonMessageError
 from liveness.metrics import STAGE_LATENCY
@@ -27,13 +27,16 @@ from liveness.streams import Entry, Outcome, StreamConsumer, consumer_name
 from liveness.workers import metrics
 from liveness.workers.runners import OnnxModel
 
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
+
 log = logging.getLogger(__name__)
 
 
 class ScoringWorker(StreamConsumer):
     """Consumes ``source`` messages and writes one ``output`` score per scored message."""
 
-    source: ClassVar[type[Message]]
+    source: ClassVar[type[FaceCrop] | type[EyeSample]]
     output: ClassVar[type[Score]]
     role: ClassVar[Literal["face-workers", "eye-workers"]]
     section: ClassVar[Literal["face_worker", "eye_worker"]]
@@ -54,13 +57,13 @@ class ScoringWorker(StreamConsumer):
         self.scores = keys.stream(self.output)
         self.maxlen = settings.streams.maxlen
 
-    def prepare(self, msg: Message) -> np.ndarray | None:
+    def prepare(self, msg: FaceCrop | EyeSample) -> np.ndarray | None:
         """One model input row; None to acknowledge without a score; PoisonMessageError to dead-letter."""
         raise NotImplementedError
 
     def handle(self, entries: list[Entry]) -> Outcome:
         outcome = Outcome()
-        batch: list[tuple[str, Message, np.ndarray]] = []
+        batch: list[tuple[str, FaceCrop | EyeSample, np.ndarray]] = []
         for entry_id, fields in entries:
             try:
                 msg = self.source.from_fields(fields)
@@ -84,16 +87,16 @@ class ScoringWorker(StreamConsumer):
             if not np.isfinite(score):
                 outcome.dead[entry_id] = "poison: model returned a non-finite score"
                 continue
-            STAGE_LATENCY.labels(f"ingest_to_{self.model.name}_score").observe(max(0.0, now - msg.ingest_ts))  # type: ignore[attr-defined]
-            out = self.output(entry_id, msg.camera, msg.track, msg.frame, msg.capture_ts, msg.ingest_ts,  # type: ignore[attr-defined]
+            STAGE_LATENCY.labels(f"ingest_to_{self.model.name}_score").observe(max(0.0, now - msg.ingest_ts))
+            out = self.output(entry_id, msg.camera, msg.track, msg.frame, msg.capture_ts, msg.ingest_ts,
                               now, float(np.clip(score, 0.0, 1.0)), self.model.name, self.model.version,
-                              msg.label)  # type: ignore[attr-defined]
+                              msg.label)
             outcome.writes.append(partial(_xadd, self.scores, out.to_fields(), self.maxlen))
         return outcome
 
 
-def _xadd(stream: str, fields: dict[str, bytes], maxlen: int, pipe: redis.client.Pipeline) -> None:
-    pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+def _xadd(stream: str, fields: dict[FieldT, EncodableT], maxlen: int, pipe: redis.client.Pipeline) -> None:
+    pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
 
 
 def with_cli_overrides(settings: Settings, args: argparse.Namespace, worker: type[ScoringWorker]) -> Settings:

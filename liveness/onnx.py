@@ -32,6 +32,9 @@ def open_session(path: str | os.PathLike[str], threads: int = 1, what: str = "mo
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    # a memory pattern is planned and kept per input shape: with batches of every size up to the
+    # largest, that grew a face worker by 270 MB; without it, as fast here
+    opts.enable_mem_pattern = False
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises several private types for a bad file

@@ -32,10 +32,11 @@ class OnnxModel:
         threads: onnxruntime intra-op threads (1 suits many workers per machine).
         input_shape: expected shape of one sample (without the batch axis); a model whose
             input does not fit is refused.
+        max_batch: the largest batch it will score, run once at load.
     """
 
     def __init__(self, path: str | os.PathLike[str], threads: int = 1,
-                 input_shape: tuple[int, ...] = FACE_INPUT_SHAPE) -> None:
+                 input_shape: tuple[int, ...] = FACE_INPUT_SHAPE, max_batch: int = 1) -> None:
         self.path = Path(path)
         self.session = open_session(self.path, threads)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -60,8 +61,9 @@ class OnnxModel:
             raise ModelError(f"{self.path}: metadata 'liveness.threshold' missing (not exported by models/?)") from None
         except ValueError:
             raise ModelError(f"{self.path}: metadata 'liveness.threshold' is not a number") from None
-        # Warm up: the first run allocates and plans; doing it here keeps it off the first batch.
-        self.predict(np.zeros((1, *self.input_shape), np.float32))
+        # Warm up at the largest batch: onnxruntime's arena grows to the largest batch it has seen and
+        # keeps it, so a worker's memory is flat from the start instead of growing with its first busy minute.
+        self.predict(np.zeros((max_batch, *self.input_shape), np.float32))
         log.info("model %s v%s loaded from %s (threshold %.4f, %d thread(s))",
                  self.name, self.version, self.path, self.threshold, threads)
 

@@ -111,7 +111,8 @@ def serve_worker(settings: Settings, worker: type[ScoringWorker], *, name: str |
                  metrics_port: int | None = None) -> None:
     """Load the model, serve metrics, consume until SIGTERM/SIGINT (the batch is finished first)."""
     cfg: WorkerSettings = getattr(settings, worker.section)
-    model = OnnxModel(cfg.model or artifact_path(worker.artifact), threads=cfg.threads, input_shape=worker.input_shape)
+    model = OnnxModel(cfg.model or artifact_path(worker.artifact), threads=cfg.threads, input_shape=worker.input_shape,
+                      max_batch=cfg.batch_size)
     name = name or consumer_name(worker.short)
     started = lifecycle.start(settings, name, metrics_port)
     if started:

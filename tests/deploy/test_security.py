@@ -31,7 +31,7 @@ from liveness.redisconn import connect
 from tests.conftest import free_port, liveness_cmd, make_certificates, wait_for
 from tests.deploy.conftest import (COMPOSE_SECRETS, ROOT, ManifestRedis, by_kind, compose_config, kustomize,
                                    local_path, make_secrets, manifests)
-from tests.faults.test_faults import CLIPS, Services, drained, write_config
+from tests.fixtures import FAULT_CLIPS, Services, drained, services_config
 
 LIVENESS_SERVICES = ("ingest", "face-worker", "eye-worker", "fusion")
 BEYOND_THE_LIST = (("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "GET", "*"), ("KEYS", "*"), ("ACL", "LIST"),
@@ -324,7 +324,8 @@ def test_services_run_as_the_acl_user_and_nothing_more(k8s_secrets: dict, tmp_pa
     assert admin_password
     admin = redis.Redis(port=server.port, username="admin", password=admin_password[1])
     keys = Keys(Settings().prefix)
-    svc = Services(write_config(tmp_path, keys.prefix, {"photo": CLIPS["photo"]}), {"LIVENESS_REDIS__URL": url})
+    svc = Services(services_config(tmp_path, keys.prefix, {"photo": FAULT_CLIPS["photo"]}),
+                   {"LIVENESS_REDIS__URL": url})
     try:
         svc.start_scoring()
         time.sleep(3)
@@ -354,7 +355,7 @@ def test_refused_credentials_are_named_and_retried(k8s_secrets: dict, tmp_path: 
     server.start()
     wrong = "rotated-password-0123456789"
     url = server.url(k8s_secrets["liveness-redis"]["url"].replace(k8s_secrets["liveness-redis"]["password"], wrong))
-    config = write_config(tmp_path, Settings().prefix, {"photo": CLIPS["photo"]})
+    config = services_config(tmp_path, Settings().prefix, {"photo": FAULT_CLIPS["photo"]})
     env = {**os.environ, "LIVENESS_REDIS__URL": url}
     logs = {name: tmp_path / f"{name}.log" for name in LIVENESS_SERVICES}
     procs = {}

@@ -19,9 +19,10 @@ import yaml
 
 from liveness.contract import Decision, FaceScore, Keys, Label
 from liveness.evidence import TrackEvidence
-from tests.conftest import NUAA, REDIS_URL, free_port, liveness_cmd, wait_for
+from tests.conftest import NUAA, REDIS_URL, free_port, free_port_block, liveness_cmd, wait_for
 
 CAMERAS = 4
+METRICS_PORTS = 1 + 2 + 2 + CAMERAS + 1  # fusion, 2 face and 2 eye workers, each camera, the supervisor
 
 
 def stop(proc: subprocess.Popen[str]) -> str:
@@ -82,7 +83,7 @@ def prom_query(port: int, query: str) -> list[dict]:
 @pytest.fixture
 def pipeline(tmp_path: Path, prefix: str, r: redis.Redis):  # type: ignore[no-untyped-def]
     base = tmp_path / "base.yaml"
-    metrics_port = free_port() + 1000 if free_port() < 50000 else 19400
+    metrics_port = free_port_block(METRICS_PORTS)  # app/run.py: base + index, one port a process
     base.write_text(yaml.safe_dump({"prefix": prefix, "redis": {"url": REDIS_URL},
                                     "metrics": {"port": metrics_port, "host": "127.0.0.1"}}))
     cams = tmp_path / "cameras.yaml"
@@ -124,7 +125,7 @@ def test_replayed_cameras_get_the_right_decisions(pipeline, r: redis.Redis, pref
     from deploy.grafana.queries import panel_queries
 
     prom_port = free_port()
-    targets = [f"127.0.0.1:{metrics_port + i}" for i in range(1 + 2 + 2 + CAMERAS + 1)]  # + the supervisor
+    targets = [f"127.0.0.1:{metrics_port + i}" for i in range(METRICS_PORTS)]
     prom_cfg = tmp_path / "prometheus.yml"
     prom_cfg.write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},

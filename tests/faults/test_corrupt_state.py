@@ -19,8 +19,7 @@ from hypothesis import strategies as st
 from liveness.contract import Decision, FaceScore, Keys, Label
 from liveness.evidence import Policy, TrackEvidence
 from tests.conftest import free_port, wait_for
-from tests.fusion.test_fusion import config, face, start, stop
-from tests.ingest.test_ingest import metric
+from tests.fixtures import fusion_config, metric, send_face_score, start_fusion, stop_process
 
 STRUCTURES = ("state", "seen", "open_tracks", "calibration", "calibrated", "accuracy")
 FIELDS = [f.name for f in dataclasses.fields(TrackEvidence)]
@@ -87,7 +86,7 @@ def test_garbage_in_fusion_state_never_stops_fusion(r: redis.Redis, prefix: str,
     keys = Keys(prefix)
     group = keys.group("fusion")
     port = free_port()
-    proc = start(config(tmp_path, prefix, port))
+    proc = start_fusion(fusion_config(tmp_path, prefix, port))
     examples = iter(range(10_000))
     try:
         wait_for(lambda: r.exists(keys.stream(FaceScore)) and r.xinfo_groups(keys.stream(FaceScore)), timeout_s=30)
@@ -100,8 +99,8 @@ def test_garbage_in_fusion_state_never_stops_fusion(r: redis.Redis, prefix: str,
             corrupt(r, keys, track, *case)
             sent = []
             for frame in range(4):
-                face(r, keys, "cam", track, frame, 0.97, "live", source_id=f"{n}-{frame}")
-                face(r, keys, "probe", probe, frame, 0.97, source_id=f"{n}-{frame}")
+                send_face_score(r, keys, "cam", track, frame, 0.97, "live", source_id=f"{n}-{frame}")
+                send_face_score(r, keys, "probe", probe, frame, 0.97, source_id=f"{n}-{frame}")
                 sent.append(f"{n}-{frame}")
             r.xadd(keys.stream(Label), Label("cam", track, "live", time.time()).to_fields())
             wait_for(lambda: probe in {Decision.from_fields(f).track for _, f in r.xrevrange(keys.stream(Decision),
@@ -128,7 +127,7 @@ def test_garbage_in_fusion_state_never_stops_fusion(r: redis.Redis, prefix: str,
             Decision.from_fields(f)  # every decision fusion wrote keeps the contract, garbage or not
         assert proc.poll() is None
     finally:
-        out = stop(proc)
+        out = stop_process(proc)
     assert "Traceback" not in out
 
 

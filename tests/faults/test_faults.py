@@ -3,102 +3,16 @@ a restarted Redis, and Redis with an ACL user and TLS."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import cv2
 import redis
-import yaml
 
 from liveness.contract import Decision, EyeSample, EyeScore, FaceCrop, FaceScore, Keys
-from liveness.evidence import Policy, TrackEvidence
-from tests.conftest import PrivateRedisServer, liveness_cmd, nuaa_sequence, wait_for
-
-CLIPS = {"live-a": "ClientRaw/0001_00_00_01", "live-b": "ClientRaw/0004_01_00_01", "photo": "ImposterRaw/0001_00_00_01"}
-
-
-def make_clip(frames: list[Path], dest: Path, fps: float = 15.0) -> Path:
-    """A Motion-JPEG clip of NUAA frames: a file camera with a known end."""
-    first = cv2.imread(str(frames[0]))
-    writer = cv2.VideoWriter(str(dest), cv2.VideoWriter_fourcc(*"MJPG"), fps, (first.shape[1], first.shape[0]))
-    for f in frames:
-        writer.write(cv2.imread(str(f)))
-    writer.release()
-    return dest
-
-
-def write_config(tmp_path: Path, prefix: str, clips: dict[str, str]) -> Path:
-    cams = []
-    for cam, seq in clips.items():
-        clip = make_clip(nuaa_sequence(seq), tmp_path / f"{cam}.avi")
-        cams.append({"id": cam, "source": str(clip), "label": "spoof" if cam.startswith("photo") else "live"})
-    # the documented default policy, not the shipped one: an uncalibrated camera under the shipped
-    # policy may leave a live track undecided on purpose, and these tests need every track decided
-    policy = tmp_path / "policy.json"
-    policy.write_text(Policy().model_dump_json())
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({
-        "prefix": prefix, "metrics": {"port": 0},
-        "face_worker": {"min_idle_ms": 1000, "batch_size": 8}, "eye_worker": {"min_idle_ms": 1000},
-        "fusion": {"policy": str(policy)}, "cameras": cams,
-    }))
-    return path
-
-
-class Services:
-    """The pipeline's processes, started one by one so the test can kill any of them."""
-
-    def __init__(self, config: Path, redis_env: dict[str, str]) -> None:
-        self.config = config
-        self.env = {**os.environ, **redis_env}
-        self.procs: dict[str, subprocess.Popen[str]] = {}
-        self.logs: dict[str, str] = {}
-
-    def start(self, name: str, *args: str) -> None:
-        cmd = liveness_cmd(*args, "--config", str(self.config))
-        if args[0] != "ingest":
-            cmd += ["--name", name]
-        self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                            text=True)
-
-    def start_scoring(self) -> None:
-        """Fusion, a face worker and an eye worker: what every camera needs downstream."""
-        self.start("fusion", "fusion")
-        self.start("face", "face-worker")
-        self.start("eye", "eye-worker")
-
-    def kill(self, name: str) -> None:
-        proc = self.procs.pop(name)
-        proc.send_signal(signal.SIGKILL)
-        self.logs[name] = proc.communicate(timeout=20)[0]
-
-    def stop_all(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for name, proc in self.procs.items():
-            try:
-                self.logs[name] = proc.communicate(timeout=40)[0]
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                self.logs[name] = proc.communicate()[0]
-        self.procs.clear()
-
-
-def drained(r: redis.Redis, keys: Keys) -> bool:
-    """Every group has read and acknowledged everything."""
-    for stream in (keys.stream(FaceCrop), keys.stream(EyeSample), keys.stream(FaceScore), keys.stream(EyeScore)):
-        try:
-            groups = r.xinfo_groups(stream)
-        except redis.ResponseError:
-            return False
-        if not groups or any(g["pending"] or g["lag"] for g in groups):
-            return False
-    return True
+from liveness.evidence import TrackEvidence
+from tests.conftest import PrivateRedisServer, wait_for
+from tests.fixtures import FAULT_CLIPS, Services, drained, services_config
 
 
 def check_exactly_once(r: redis.Redis, keys: Keys) -> dict[str, list[Decision]]:
@@ -134,7 +48,7 @@ def test_killing_each_service_mid_run_loses_and_repeats_nothing(private_redis: P
                                                                  tmp_path: Path) -> None:
     r = private_redis.client()
     keys = Keys(prefix)
-    svc = Services(write_config(tmp_path, prefix, CLIPS), private_redis.env())
+    svc = Services(services_config(tmp_path, prefix, FAULT_CLIPS), private_redis.env())
     try:
         svc.start("fusion-a", "fusion")
         for name in ("face-a", "face-b"):
@@ -157,14 +71,14 @@ def test_killing_each_service_mid_run_loses_and_repeats_nothing(private_redis: P
     finally:
         svc.stop_all()
     decisions = check_exactly_once(r, keys)
-    assert {d[0].camera for d in decisions.values()} == set(CLIPS), "every camera's track was decided"
+    assert {d[0].camera for d in decisions.values()} == set(FAULT_CLIPS), "every camera's track was decided"
     assert not any("Traceback" in log for log in svc.logs.values())
 
 
 def test_redis_restart_mid_run(private_redis: PrivateRedisServer, prefix: str, tmp_path: Path) -> None:
     r = private_redis.client()
     keys = Keys(prefix)
-    svc = Services(write_config(tmp_path, prefix, {"live-a": CLIPS["live-a"]}), private_redis.env())
+    svc = Services(services_config(tmp_path, prefix, {"live-a": FAULT_CLIPS["live-a"]}), private_redis.env())
     try:
         svc.start_scoring()
         time.sleep(3)
@@ -199,7 +113,7 @@ def test_acl_user_and_tls(tmp_path: Path, prefix: str) -> None:
     server.start()
     r = server.client()
     keys = Keys(prefix)
-    svc = Services(write_config(tmp_path, prefix, {"photo": CLIPS["photo"]}), server.env())
+    svc = Services(services_config(tmp_path, prefix, {"photo": FAULT_CLIPS["photo"]}), server.env())
     try:
         svc.start_scoring()
         time.sleep(3)
@@ -220,7 +134,7 @@ def test_acl_user_and_tls(tmp_path: Path, prefix: str) -> None:
 def test_services_started_before_redis_wait_for_it(prefix: str, tmp_path: Path) -> None:
     server = PrivateRedisServer(tmp_path / "late")
     keys = Keys(prefix)
-    svc = Services(write_config(tmp_path, prefix, {"live-a": CLIPS["live-a"]}), server.env())
+    svc = Services(services_config(tmp_path, prefix, {"live-a": FAULT_CLIPS["live-a"]}), server.env())
     try:
         svc.start_scoring()
         svc.start("ingest", "ingest", "--loop")

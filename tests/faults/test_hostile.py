@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 
 from liveness.contract import Decision, EyeSample, EyeScore, FaceCrop, FaceScore, Keys, Label
 from tests.conftest import PrivateRedisServer, wait_for
-from tests.faults.test_faults import Services, drained
-from tests.fixtures import crop_message, real_crops, real_eye_samples
+from tests.fixtures import Services, crop_message, drained, real_crops, real_eye_samples, services_config
 
 VALID = {
     FaceCrop: lambda: crop_message(real_crops("live")[0], "cam", "hostile:1", 1).to_fields(),
@@ -56,11 +55,10 @@ def hostile(draw: st.DrawFn) -> tuple[type, dict[str, bytes]]:
 
 def test_hostile_messages_are_dead_lettered_not_fatal(private_redis: PrivateRedisServer, prefix: str,
                                                        tmp_path: Path) -> None:
-    from tests.faults.test_faults import write_config
 
     r = private_redis.client()
     keys = Keys(prefix)
-    svc = Services(write_config(tmp_path, prefix, {"photo": "ImposterRaw/0001_00_00_01"}), private_redis.env())
+    svc = Services(services_config(tmp_path, prefix, {"photo": "ImposterRaw/0001_00_00_01"}), private_redis.env())
     sent: list[tuple[type, str]] = []
     try:
         svc.start_scoring()

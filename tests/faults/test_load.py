@@ -14,7 +14,7 @@ import yaml
 
 from liveness.contract import EyeSample, EyeScore, FaceCrop, FaceScore, Keys
 from tests.conftest import NUAA, REDIS_URL, RtspServer, free_port, liveness_cmd, wait_for
-from tests.ingest.test_ingest import metric
+from tests.fixtures import metric
 
 SOAK_S = float(os.environ.get("LIVENESS_SOAK_S", "600"))
 """Length of the long soak (LIVENESS_SLOW=1), seconds (the issue asks for 10 minutes)."""

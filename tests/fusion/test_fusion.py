@@ -13,44 +13,8 @@ import yaml
 
 from liveness.contract import Decision, EyeScore, FaceScore, Keys, Label
 from liveness.evidence import Policy, TrackEvidence
-from tests.conftest import REDIS_URL, free_port, liveness_cmd, wait_for
-from tests.ingest.test_ingest import metric
-
-
-def config(tmp_path: Path, prefix: str, port: int = 0) -> Path:
-    """A config whose fusion uses the documented default policy, not the shipped one."""
-    policy = tmp_path / "policy.json"
-    policy.write_text(Policy().model_dump_json())
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({
-        "prefix": prefix, "redis": {"url": REDIS_URL}, "metrics": {"port": port, "host": "127.0.0.1"},
-        "face_worker": {"min_idle_ms": 1000},
-        "fusion": {"window_s": 600, "policy": str(policy)},
-    }))
-    return path
-
-
-def start(cfg: Path, name: str = "f1") -> subprocess.Popen[str]:
-    return subprocess.Popen(liveness_cmd("fusion", "--config", str(cfg), "--name", name),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def stop(proc: subprocess.Popen[str]) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    return proc.communicate(timeout=30)[0]
-
-
-def face(r: redis.Redis, keys: Keys, camera: str, track: str, frame: int, score: float, label: str | None = None,
-         source_id: str | None = None) -> None:
-    now = time.time()
-    msg = FaceScore(source_id or f"{1000 + frame}-{hash(track) % 1000}", camera, track, frame, now - 0.05, now - 0.04,
-                    now - 0.01, score, "face", "t", label)
-    r.xadd(keys.stream(FaceScore), msg.to_fields())
-
-
-def decisions(r: redis.Redis, keys: Keys) -> list[Decision]:
-    return [Decision.from_fields(f) for _, f in r.xrange(keys.stream(Decision))]
+from tests.conftest import free_port, liveness_cmd, wait_for
+from tests.fixtures import fusion_config, metric, read_decisions, send_face_score, start_fusion, stop_process
 
 
 def test_policy_defaults_decide_as_documented() -> None:
@@ -68,26 +32,26 @@ def test_policy_defaults_decide_as_documented() -> None:
 
 def test_interleaved_tracks_and_duplicates(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
     keys = Keys(prefix)
-    proc = start(config(tmp_path, prefix))
+    proc = start_fusion(fusion_config(tmp_path, prefix))
     try:
         for frame in range(6):
-            face(r, keys, "cam1", "live-track", frame, 0.04)
-            face(r, keys, "cam1", "photo-track", frame, 0.97)
-            face(r, keys, "cam2", "unsure-track", frame, 0.5 + (0.05 if frame % 2 else -0.05))
+            send_face_score(r, keys, "cam1", "live-track", frame, 0.04)
+            send_face_score(r, keys, "cam1", "photo-track", frame, 0.97)
+            send_face_score(r, keys, "cam2", "unsure-track", frame, 0.5 + (0.05 if frame % 2 else -0.05))
             r.xadd(keys.stream(EyeScore), EyeScore(f"e{frame}", "cam1", "live-track", frame, time.time(), time.time(),
                                                    time.time(), 0.1, "eye", "t").to_fields())
         # at-least-once delivery upstream: the same results again, under new entry ids
         for frame in range(6):
-            face(r, keys, "cam1", "photo-track", frame, 0.97)
-        wait_for(lambda: len(decisions(r, keys)) >= 2 and r.xpending(keys.stream(FaceScore), keys.group("fusion"))
+            send_face_score(r, keys, "cam1", "photo-track", frame, 0.97)
+        wait_for(lambda: len(read_decisions(r, keys)) >= 2 and r.xpending(keys.stream(FaceScore), keys.group("fusion"))
                  ["pending"] == 0 and not r.xinfo_groups(keys.stream(FaceScore))[0]["lag"], timeout_s=30)
         time.sleep(1)
     finally:
-        out = stop(proc)
-    got = {d.track: d for d in decisions(r, keys)}
+        out = stop_process(proc)
+    got = {d.track: d for d in read_decisions(r, keys)}
     assert got["live-track"].verdict == "live" and got["photo-track"].verdict == "spoof"
     assert "unsure-track" not in got
-    assert len(decisions(r, keys)) == 2, "one decision per track"
+    assert len(read_decisions(r, keys)) == 2, "one decision per track"
     photo = TrackEvidence.from_hash(r.hgetall(keys.track_state("photo-track")))
     assert photo.face_n == 6, "duplicates were not counted"
     live = TrackEvidence.from_hash(r.hgetall(keys.track_state("live-track")))
@@ -99,20 +63,21 @@ def test_interleaved_tracks_and_duplicates(r: redis.Redis, prefix: str, tmp_path
 def test_labels_move_the_accuracy_gauges(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
     keys = Keys(prefix)
     port = free_port()
-    proc = start(config(tmp_path, prefix, port))
+    proc = start_fusion(fusion_config(tmp_path, prefix, port))
     try:
         # camera labels travel with the scores: door has 2 attacks (one accepted) and 1 live
         for frame in range(4):
-            face(r, keys, "door", "a1", frame, 0.96, "spoof")
-            face(r, keys, "door", "a2", frame, 0.03, "spoof")
-            face(r, keys, "door", "l1", frame, 0.04, "live")
-            face(r, keys, "gate", "g1", frame, 0.95)
-        wait_for(lambda: len(decisions(r, keys)) >= 4, timeout_s=30)
+            send_face_score(r, keys, "door", "a1", frame, 0.96, "spoof")
+            send_face_score(r, keys, "door", "a2", frame, 0.03, "spoof")
+            send_face_score(r, keys, "door", "l1", frame, 0.04, "live")
+            send_face_score(r, keys, "gate", "g1", frame, 0.95)
+        wait_for(lambda: len(read_decisions(r, keys)) >= 4, timeout_s=30)
         wait_for(lambda: metric(port, 'liveness_apcer{camera="door",window="run"}') == 0.5, timeout_s=10)
         assert metric(port, 'liveness_bpcer{camera="door",window="run"}') == 0.0
         assert metric(port, 'liveness_acer{camera="door",window="run"}') == 0.25
         # operator feedback: g1 (no camera label, decided spoof) was in fact live
-        res = subprocess.run(liveness_cmd("label", "--config", str(config(tmp_path, prefix, port)), "--camera", "gate",
+        label_cfg = str(fusion_config(tmp_path, prefix, port))
+        res = subprocess.run(liveness_cmd("label", "--config", label_cfg, "--camera", "gate",
                                           "--track", "g1", "live"), capture_output=True, text=True, timeout=60)
         assert res.returncode == 0, res.stderr
         wait_for(lambda: metric(port, 'liveness_bpcer{camera="gate",window="run"}') == 1.0, timeout_s=10)
@@ -122,7 +87,7 @@ def test_labels_move_the_accuracy_gauges(r: redis.Redis, prefix: str, tmp_path: 
         assert metric(port, 'liveness_decisions_total{camera="door",verdict="live"}') == 2
         assert metric(port, "liveness_time_to_decision_seconds_count") == 4
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 def test_live_labels_make_their_camera_stricter_and_never_laxer(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
@@ -131,15 +96,15 @@ def test_live_labels_make_their_camera_stricter_and_never_laxer(r: redis.Redis, 
     cannot move a camera's neutral point up."""
     keys = Keys(prefix)
     port = free_port()
-    cfg = config(tmp_path, prefix, port)
-    proc = start(cfg)
+    cfg = fusion_config(tmp_path, prefix, port)
+    proc = start_fusion(cfg)
 
     def scores(camera: str, track: str, score: float) -> None:
         for frame in range(6):
-            face(r, keys, camera, track, frame, score)
+            send_face_score(r, keys, camera, track, frame, score)
 
     def verdicts() -> dict[str, str]:
-        return {d.track: d.verdict for d in decisions(r, keys)}
+        return {d.track: d.verdict for d in read_decisions(r, keys)}
 
     try:
         for track in ("d1", "d2", "d3"):
@@ -175,7 +140,7 @@ def test_live_labels_make_their_camera_stricter_and_never_laxer(r: redis.Redis, 
         wait_for(lambda: r.zcard(keys.calibration("dim")) == 2, timeout_s=15)
         wait_for(lambda: metric(port, 'liveness_calibration_tracks{camera="dim"}') == 2, timeout_s=15)
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 def test_corrupt_track_state_is_dead_lettered_and_reset(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
@@ -183,18 +148,18 @@ def test_corrupt_track_state_is_dead_lettered_and_reset(r: redis.Redis, prefix: 
     for that track goes to the dead letters with the reason, the track starts again, fusion goes on."""
     keys = Keys(prefix)
     port = free_port()
-    proc = start(config(tmp_path, prefix, port))
+    proc = start_fusion(fusion_config(tmp_path, prefix, port))
     try:
         r.hset(keys.track_state("bad"), mapping={"camera": "cam1", "face_n": "not-a-number"})
-        face(r, keys, "cam1", "bad", 0, 0.97)
+        send_face_score(r, keys, "cam1", "bad", 0, 0.97)
         for frame in range(4):
-            face(r, keys, "cam1", "good", frame, 0.97)
+            send_face_score(r, keys, "cam1", "good", frame, 0.97)
         dead = wait_for(lambda: r.xrange(keys.dead(keys.stream(FaceScore))), timeout_s=30)
-        wait_for(lambda: "good" in {d.track for d in decisions(r, keys)}, timeout_s=30)
+        wait_for(lambda: "good" in {d.track for d in read_decisions(r, keys)}, timeout_s=30)
         assert not r.exists(keys.track_state("bad")), "the corrupt state was reset"
         for frame in range(1, 5):  # the track goes on from a fresh state
-            face(r, keys, "cam1", "bad", frame, 0.97)
-        wait_for(lambda: "bad" in {d.track for d in decisions(r, keys)}, timeout_s=30)
+            send_face_score(r, keys, "cam1", "bad", frame, 0.97)
+        wait_for(lambda: "bad" in {d.track for d in read_decisions(r, keys)}, timeout_s=30)
         # no thread is left dead: the gauges see both tracks open, after the corrupt state was met
         wait_for(lambda: metric(port, "liveness_tracks_open") == 2, timeout_s=15)
         assert metric(port, 'liveness_messages_dead_lettered_total{group="%s",reason="corrupt_state"}'
@@ -202,7 +167,7 @@ def test_corrupt_track_state_is_dead_lettered_and_reset(r: redis.Redis, prefix: 
         assert proc.poll() is None
         assert r.xpending(keys.stream(FaceScore), keys.group("fusion"))["pending"] == 0
     finally:
-        out = stop(proc)
+        out = stop_process(proc)
     assert len(dead) == 1 and dead[0][1][b"f:track"] == b"bad"
     reason = dead[0][1][b"reason"].decode()
     assert reason.startswith("corrupt state:") and "face_n" in reason and "not-a-number" in reason, reason
@@ -212,25 +177,25 @@ def test_corrupt_track_state_is_dead_lettered_and_reset(r: redis.Redis, prefix: 
 
 def test_restart_mid_run_neither_loses_nor_repeats_decisions(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
     keys = Keys(prefix)
-    cfg = config(tmp_path, prefix)
-    proc = start(cfg)
+    cfg = fusion_config(tmp_path, prefix)
+    proc = start_fusion(cfg)
     tracks = [f"t{i}" for i in range(20)]
     try:
         for frame in range(2):
             for i, t in enumerate(tracks):
-                face(r, keys, "cam", t, frame, 0.97 if i % 2 else 0.03)
+                send_face_score(r, keys, "cam", t, frame, 0.97 if i % 2 else 0.03)
         time.sleep(1.5)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         for frame in range(2, 8):
             for i, t in enumerate(tracks):
-                face(r, keys, "cam", t, frame, 0.97 if i % 2 else 0.03)
-        proc = start(cfg, "f2")
-        wait_for(lambda: len(decisions(r, keys)) >= len(tracks), timeout_s=60)
+                send_face_score(r, keys, "cam", t, frame, 0.97 if i % 2 else 0.03)
+        proc = start_fusion(cfg, "f2")
+        wait_for(lambda: len(read_decisions(r, keys)) >= len(tracks), timeout_s=60)
         time.sleep(2)
     finally:
-        stop(proc)
-    got = decisions(r, keys)
+        stop_process(proc)
+    got = read_decisions(r, keys)
     assert sorted(d.track for d in got) == sorted(tracks), "each track decided exactly once"
     assert all(d.verdict == ("spoof" if int(d.track[1:]) % 2 else "live") for d in got)
 
@@ -240,12 +205,13 @@ def test_decisions_command_prints_json_lines(r: redis.Redis, prefix: str, tmp_pa
     d = Decision("cam", "cam:1:1", "spoof", 0.9, 3.0, 0.0, 5, 1.0, 2.0, 2.1, "evidence")
     r.xadd(keys.stream(Decision), d.to_fields())
     r.xadd(keys.stream(Decision), d.to_fields())
-    res = subprocess.run(liveness_cmd("decisions", "--config", str(config(tmp_path, prefix)), "--json", "--count", "1"),
+    cfg = str(fusion_config(tmp_path, prefix))
+    res = subprocess.run(liveness_cmd("decisions", "--config", cfg, "--json", "--count", "1"),
                          capture_output=True, text=True, timeout=60)
     lines = res.stdout.strip().splitlines()
     assert res.returncode == 0 and len(lines) == 1
     assert json.loads(lines[0])["verdict"] == "spoof"
-    res = subprocess.run(liveness_cmd("decisions", "--config", str(config(tmp_path, prefix)), "--json", "--follow",
+    res = subprocess.run(liveness_cmd("decisions", "--config", cfg, "--json", "--follow",
                                       "--from-start", "--timeout", "2"), capture_output=True, text=True, timeout=60)
     assert len(res.stdout.strip().splitlines()) == 2
     r.xadd(keys.stream(Label), {"v": b"1"})
@@ -274,26 +240,26 @@ def test_webhook_gets_each_decision_despite_a_failure(r: redis.Redis, prefix: st
 
     server = HTTPServer(("127.0.0.1", free_port()), Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    cfg = config(tmp_path, prefix)
+    cfg = fusion_config(tmp_path, prefix)
     data = yaml.safe_load(cfg.read_text())
     data["fusion"]["webhook_url"] = f"http://127.0.0.1:{server.server_address[1]}/hook"
     cfg.write_text(yaml.safe_dump(data))
     keys = Keys(prefix)
-    proc = start(cfg)
+    proc = start_fusion(cfg)
     try:
         for frame in range(4):
-            face(r, keys, "door", "w1", frame, 0.97)
+            send_face_score(r, keys, "door", "w1", frame, 0.97)
         wait_for(lambda: received, timeout_s=30)
     finally:
-        stop(proc)
+        stop_process(proc)
         server.shutdown()
     assert received[0]["track"] == "w1" and received[0]["verdict"] == "spoof" and calls["n"] == 2
 
 
 def test_label_recent_without_tracks_is_a_clear_error(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
     keys = Keys(prefix)
-    cfg = str(config(tmp_path, prefix))
-    face(r, keys, "busy", "b1", 0, 0.2)  # another camera's recent track is not the quiet camera's
+    cfg = str(fusion_config(tmp_path, prefix))
+    send_face_score(r, keys, "busy", "b1", 0, 0.2)  # another camera's recent track is not the quiet camera's
     for recent, error in (("30", "camera quiet: no track scored in the last 30 s; nothing labelled"),
                           ("-5", "--recent -5: must be a positive number of seconds")):
         res = subprocess.run(liveness_cmd("label", "--config", cfg, "--camera", "quiet", "--recent", recent, "live"),

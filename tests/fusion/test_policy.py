@@ -21,7 +21,7 @@ from liveness.models.evaluate_fused import SequenceResult
 from liveness.workers import jobs
 from liveness.workers.offline import OfflineAnalyzer, TrackResult, _Event
 from tests.conftest import wait_for
-from tests.fusion.test_fusion import config, decisions, face, start, stop
+from tests.fixtures import fusion_config, read_decisions, send_face_score, start_fusion, stop_process
 
 SCORES = [0.65] * 10
 """Face scores of one track: 1.73 log-odds of evidence at most, so undecided under the default
@@ -35,7 +35,7 @@ def events() -> list[tuple[float, int, str, float]]:
 def test_live_fusion_evaluate_and_clip_jobs_decide_alike(r: redis.Redis, prefix: str, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = config(tmp_path, prefix)  # fusion.policy: the documented defaults
+    cfg = fusion_config(tmp_path, prefix)  # fusion.policy: the documented defaults
     data = yaml.safe_load(cfg.read_text())
     data["fusion"]["spoof_threshold"] = 1.5
     cfg.write_text(yaml.safe_dump(data))
@@ -44,16 +44,16 @@ def test_live_fusion_evaluate_and_clip_jobs_decide_alike(r: redis.Redis, prefix:
     assert unchanged.verdict == "undecided", "the override decides these scores, not the policy file"
 
     keys = Keys(prefix)
-    proc = start(cfg)
+    proc = start_fusion(cfg)
     try:
         for frame, score in enumerate(SCORES):
-            face(r, keys, "cam", "t", frame, score)
+            send_face_score(r, keys, "cam", "t", frame, score)
         group = keys.group("fusion")
         wait_for(lambda: [g for g in r.xinfo_groups(keys.stream(FaceScore))
                           if g["name"].decode() == group and not (g["pending"] or g["lag"])], timeout_s=30)
     finally:
-        stop(proc)
-    live = [d.verdict for d in decisions(r, keys) if d.track == "t"]
+        stop_process(proc)
+    live = [d.verdict for d in read_decisions(r, keys) if d.track == "t"]
 
     analyzer = jobs.analyzer(str(cfg))
     monkeypatch.setattr(OfflineAnalyzer, "_score", lambda self, model, rows: SCORES[:len(rows)])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import yaml
 
 from liveness.contract import EyeSample, FaceCrop, Keys
 from tests.conftest import REDIS_URL, RtspServer, free_port, liveness_cmd, wait_for
+from tests.fixtures import metric
 
 
 def write_config(tmp_path: Path, prefix: str, cameras: list[dict], metrics_port: int = 0) -> Path:
@@ -41,15 +41,6 @@ def stop(proc: subprocess.Popen[str]) -> str:
 
 def read_all(r: redis.Redis, stream: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
     return r.xrange(stream)
-
-
-def metric(port: int, name: str) -> float:
-    """Sum of the samples starting with ``name``; 0 while the endpoint is not up yet."""
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    except OSError:
-        return 0.0
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
 def test_rtsp_camera_publishes_crops_and_eye_windows(rtsp: RtspServer, r: redis.Redis, prefix: str,

@@ -10,7 +10,7 @@ import redis
 import yaml
 
 from tests.conftest import REDIS_URL, liveness_cmd, nuaa_sequence
-from tests.faults.test_faults import make_clip
+from tests.fixtures import make_clip
 
 
 def test_analyze_job_decides_a_real_clip(r: redis.Redis, prefix: str, tmp_path: Path) -> None:

@@ -14,8 +14,7 @@ import yaml
 
 from liveness.contract import EyeSample, EyeScore, FaceCrop, FaceScore, Keys
 from tests.conftest import REDIS_URL, free_port, liveness_cmd, wait_for
-from tests.fixtures import crop_message, real_crops, real_eye_samples
-from tests.ingest.test_ingest import metric
+from tests.fixtures import crop_message, metric, real_crops, real_eye_samples
 
 
 def config(tmp_path: Path, prefix: str, **worker: object) -> Path:

@@ -61,24 +61,25 @@ class FaceTracker(Generic[S]):
         # an empty scene is searched twice as often, not on every frame: detection is the
         # costliest step, and a camera facing an empty corridor must stay cheap
         detect = index - self._last_detect >= (max(1, every // 2) if not self.tracks else every)
-        followed: list[Track[S]] = []
+        followed: list[tuple[Track[S], tuple[int, int, int, int]]] = []
         for track in self.tracks:
             box = face_box(track.face.landmarks)
             if not _inside(box, w, h):
                 self.ended.append(track)
                 continue
             track.frames += 1
-            followed.append(track)
+            followed.append((track, box))
         if detect:
             self._last_detect = index
-            followed = self._match(frame, grey, followed, index)
+            self.tracks = self._match(frame, grey, followed, index)
         else:
-            for track in followed:
-                track.face = self.pipeline.face(grey, face_box(track.face.landmarks))
-        self.tracks = followed
+            for track, box in followed:
+                track.face = self.pipeline.face(grey, box)
+            self.tracks = [track for track, _ in followed]
         return self.tracks
 
-    def _match(self, frame: np.ndarray, grey: np.ndarray, tracks: list[Track[S]], index: int) -> list[Track[S]]:
+    def _match(self, frame: np.ndarray, grey: np.ndarray, tracks: list[tuple[Track[S], tuple[int, int, int, int]]],
+               index: int) -> list[Track[S]]:
         """Pair tracks with this frame's detections by their last box; landmarks once per face.
 
         A matched track is landmarked in the detector's box (re-anchored: no drift), a missed one
@@ -87,9 +88,8 @@ class FaceTracker(Generic[S]):
         boxes = self.pipeline.detect(frame)
         unmatched = list(boxes)
         kept: list[Track[S]] = []
-        missed: list[Track[S]] = []
-        for track in sorted(tracks, key=lambda t: -t.frames):
-            last = face_box(track.face.landmarks)
+        missed: list[tuple[Track[S], tuple[int, int, int, int]]] = []
+        for track, last in sorted(tracks, key=lambda tb: -tb[0].frames):
             best = max(unmatched, key=lambda b: iou(b, last), default=None)
             if best is not None and iou(best, last) >= MIN_IOU:
                 unmatched.remove(best)
@@ -97,11 +97,11 @@ class FaceTracker(Generic[S]):
                 track.misses = 0
                 kept.append(track)
             else:
-                missed.append(track)
-        for track in missed:
+                missed.append((track, last))
+        for track, last in missed:
             if track.misses < MAX_MISSES and not unmatched:
                 track.misses += 1
-                track.face = self.pipeline.face(grey, face_box(track.face.landmarks))
+                track.face = self.pipeline.face(grey, last)
                 kept.append(track)
             else:
                 self.ended.append(track)

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from liveness.errors import LivenessError
-from liveness.evidence import Policy, live_baseline
+from liveness.evidence import Policy
 from liveness.models.datasets import Sequence, folders, nuaa
-from liveness.models.evaluate_fused import SequenceResult, analyze, report
+from liveness.models.evaluate_fused import SequenceResult, analyze, report, subject_half_baselines
 
 log = logging.getLogger(__name__)
 
@@ -96,26 +96,11 @@ def score_sources(nuaa_root: str | None, folders_root: str | None, folds: Path, 
     return out
 
 
-def half_baselines(results: list[SequenceResult], policy: Policy) -> list[float | None]:
-    """Each sequence's camera calibration from the live sequences of the other half of its source's subjects."""
-    subjects = sorted({r.subject or "" for r in results})
-    halves = [set(subjects[0::2]), set(subjects[1::2])]
-    baselines: list[float | None] = [None] * len(results)
-    for half, other in (halves, halves[::-1]):
-        lives = [r.track.face_logit_mean for r in results
-                 if r.subject in other and r.label == "live" and r.track is not None]
-        baseline = live_baseline([m for m in lives if m is not None], policy)
-        for i, r in enumerate(results):
-            if r.subject in half:
-                baselines[i] = baseline
-    return baselines
-
-
 def figures(scored: dict[str, list[SequenceResult]], policy: Policy, calibrated: bool = False) -> dict[str, dict[str, Any]]:
     """Per source: APCER, BPCER, ACER, attacks accepted, undecided, median time to a live decision."""
     out = {}
     for name, results in scored.items():
-        rep = report(results, policy, baselines=half_baselines(results, policy) if calibrated else None)[0]
+        rep = report(results, policy, baselines=subject_half_baselines(results, policy) if calibrated else None)[0]
         out[name] = {k: rep[k] for k in ("n_live", "n_spoof", "apcer", "bpcer", "acer", "undecided",
                                           "time_to_decision_live_median_s")}
         out[name]["attacks_accepted"] = round((rep["apcer"] or 0.0) * rep["n_spoof"])

@@ -22,7 +22,7 @@ from liveness.config import CropSettings
 from liveness.errors import LivenessError
 from liveness.models.datasets import DatasetError
 from liveness.models.face_data import FaceCrops, face_crops
-from liveness.pad_metrics import pad_report
+from liveness.pad_metrics import error_rates, pad_report
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +113,9 @@ def pick_threshold(scored: list[tuple[np.ndarray, np.ndarray]]) -> float:
     candidates = np.unique(np.quantile(pooled, np.linspace(0.0, 1.0, 801)))
 
     def mean_acer(t: float) -> float:
-        return float(np.mean([_acer(y, s, t) for s, y in scored]))
+        return float(np.mean([sum(error_rates(y, s, t)) / 2 for s, y in scored]))
 
     return float(min(candidates, key=lambda t: (mean_acer(t), abs(t - 0.5))))
-
-
-def _acer(labels: np.ndarray, scores: np.ndarray, t: float) -> float:
-    accepted = scores < t
-    return (accepted[labels == 1].mean() + (1 - accepted[labels == 0].mean())) / 2
 
 
 def source_report(source: Source, scores: np.ndarray, threshold: float) -> dict[str, Any]:

@@ -70,6 +70,11 @@ def _decisions(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, help="stop after S seconds")
 
 
+def _status(p: argparse.ArgumentParser) -> None:
+    _config(p)
+    p.add_argument("--json", action="store_true", help="one JSON object")
+
+
 def _label(p: argparse.ArgumentParser) -> None:
     _config(p)
     p.add_argument("--camera", required=True)
@@ -206,6 +211,8 @@ COMMANDS: dict[str, tuple[str, str, Adder]] = {
     "jobs-worker": ("liveness.workers.jobs:run_worker", "run queued clip jobs", _jobs_worker),
     "jobs": ("liveness.workers.jobs:run_list", "list clip jobs and their results", _config),
     "decisions": ("liveness.fusion.decisions", "print decisions (JSON lines with --json)", _decisions),
+    "status": ("liveness.app.status", "every service process, from its heartbeat: state, host, metrics port "
+               "(exit 1 if one went silent)", _status),
     "label": ("liveness.fusion.label", "operator feedback: the ground truth of a track", _label),
     "train-face": ("liveness.models.train_face", "fit the face model's head, leaving each source out in turn, and export it (extra 'train')", _train_face),
     "train-eye": ("liveness.models.train_eye", "train and export the eye model", _train_eye),

@@ -23,10 +23,12 @@ from liveness.config import Settings, load_settings
 from liveness.contract import Decision, Keys
 from liveness.fusion.decisions import tail
 from liveness.fusion.service import serve_fusion
+from liveness.heartbeat import Beacon
 from liveness.ingest.service import serve_camera
 from liveness.metrics import serve
 from liveness.redaction import redact_url
 from liveness.redisconn import connect
+from liveness.streams import consumer_name
 from liveness.supervisor import ProcessSpec, Supervisor
 from liveness.workers.eye import serve_eye_worker
 from liveness.workers.face import serve_face_worker
@@ -163,10 +165,12 @@ def run(args: argparse.Namespace) -> int:
         log.info("run: Redis %s, prefix %s, %d camera(s), %d face and %d eye worker(s)",
                  redact_url(settings.redis.url), settings.prefix, len(settings.cameras), args.face_workers,
                  args.eye_workers)
+        port = None
         if settings.metrics.port:
-            for i, spec in enumerate(specs):
-                log.info("run: %-22s metrics on :%d/metrics", spec.name, settings.metrics.port + i)
-            serve(settings.metrics, "run: supervisor", settings.metrics.port + len(specs))
+            for spec in specs:
+                log.info("run: %-22s metrics on :%d/metrics", spec.name, spec.kwargs["metrics_port"])
+            port = serve(settings.metrics, "run: supervisor", settings.metrics.port + len(specs))
+        beacon = Beacon(connect(settings.redis), Keys(settings.prefix), consumer_name("run"), "supervisor", port)
         if settings.preview.enabled:
             for i, cam in enumerate(settings.cameras):
                 print(f"preview {cam.id}: http://{settings.preview.host}:{settings.preview.port + i}/", flush=True)
@@ -174,5 +178,11 @@ def run(args: argparse.Namespace) -> int:
         stack.callback(stop.set)
         threading.Thread(target=print_decisions, args=(settings, stop), daemon=True).start()
         deadline = None if args.duration is None else time.monotonic() + args.duration
-        return Supervisor(specs).run(until=None if deadline is None else lambda: time.monotonic() >= deadline)
-    return 0
+
+        def until() -> bool:
+            beacon.beat("ready")  # from the supervisor's own loop: a supervisor that hangs goes silent
+            return deadline is not None and time.monotonic() >= deadline
+
+        code = Supervisor(specs).run(until=until)
+        beacon.stop()
+        return code

@@ -39,6 +39,7 @@ from liveness.errors import CorruptStateError, PoisonMessageError
 from liveness.evidence import TrackEvidence, live_baseline, load_policy
 from liveness.fusion import metrics
 from liveness.fusion.webhook import Webhook
+from liveness.heartbeat import Beacon
 from liveness.metrics import STAGE_LATENCY
 from liveness.streams import Crew, Entry, Failed, Outcome, RawEntry, StreamConsumer, consumer_name
 
@@ -90,7 +91,7 @@ class FusionConsumer(StreamConsumer):
         super().__init__(fusion.redis, keys, list(self.kinds), keys.group("fusion"), fusion.name,
                          batch_size=128, block_ms=20, min_idle_ms=s.face_worker.min_idle_ms,
                          max_deliveries=s.face_worker.max_deliveries, dead_maxlen=s.streams.maxlen,
-                         stop=fusion.stop, redis_url=s.redis.url)
+                         stop=fusion.stop, redis_url=s.redis.url, beacon=fusion.beacon)
         self.fusion = fusion
         for kind in ("face", "eye"):
             metrics.DUPLICATES.labels(kind)
@@ -300,11 +301,14 @@ def verdict_rates(counts: dict[tuple[str, str], int]) -> tuple[float, float, int
 class Fusion:
     """A consumer of face scores, eye scores and labels, plus a gauge and calibration loop."""
 
-    def __init__(self, settings: Settings, client: redis.Redis, name: str, stop: threading.Event) -> None:
+    def __init__(self, settings: Settings, client: redis.Redis, name: str, stop: threading.Event,
+                 beacon: Beacon | None = None) -> None:
         self.settings = settings
         self.redis = client
         self.name = name
         self.stop = stop
+        self.beacon = beacon
+        """The process's heartbeat, renewed by its consumer's loop."""
         self.keys = Keys(settings.prefix)
         self.policy = load_policy(settings.fusion)
         self.webhook = Webhook(settings.fusion.webhook_url, stop)
@@ -424,9 +428,9 @@ class Fusion:
 def serve_fusion(settings: Settings, *, name: str | None = None, metrics_port: int | None = None) -> None:
     """One fusion process: decide until SIGTERM/SIGINT."""
     name = name or consumer_name("fusion")
-    started = lifecycle.start(settings, name, metrics_port)
-    if started:
-        Fusion(settings, started[0], name, started[1]).start()
+    service = lifecycle.start(settings, name, "fusion", metrics_port)
+    if service:
+        Fusion(settings, service.redis, name, service.stop, service.beacon).start()
 
 
 def run(args: argparse.Namespace) -> int:

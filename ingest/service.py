@@ -21,6 +21,7 @@ from liveness.contract import EyeSample, FaceCrop, Keys
 from liveness.errors import SourceError
 from liveness.eyes import EyeHistory
 from liveness.face import FacePipeline, crop_jpeg
+from liveness.heartbeat import Beacon
 from liveness.ingest import metrics
 from liveness.ingest.capture import FileReader, Frame, LatestFrameReader, describe, is_live, open_capture
 from liveness.ingest.preview import Preview
@@ -69,7 +70,8 @@ class IngestService:
     """Reads one camera and publishes what the face pipeline finds."""
 
     def __init__(self, settings: Settings, camera: CameraSettings, fast: bool = False, loop: bool = False,
-                 max_frames: int | None = None, stop: threading.Event | None = None) -> None:
+                 max_frames: int | None = None, stop: threading.Event | None = None,
+                 metrics_port: int | None = None) -> None:
         self.settings = settings
         self.camera = camera
         self.fast = fast
@@ -78,6 +80,7 @@ class IngestService:
         self.stop = stop or threading.Event()
         self.keys = Keys(settings.prefix)
         self.who = f"ingest {camera.id}"
+        self.metrics_port = metrics_port
         self.frames = 0
         self.preview: Preview | None = None
         self.frames_read = 0
@@ -99,6 +102,8 @@ class IngestService:
         if not wait_until_up(self.redis, self.who, self.settings.redis.url, self.stop):
             return
         self.session = int(self.redis.incr(self.keys.camera_session(self.camera.id)))
+        self.beacon = Beacon(self.redis, self.keys, f"ingest:{self.camera.id}", "ingest", self.metrics_port)
+        self.beacon.beat()
         self.pipeline = FacePipeline(self.camera.detect, self.camera.crop)
         counter = iter(range(1, 1 << 62))
         self.tracker = FaceTracker[TrackState](self.pipeline, lambda: f"{self.camera.id}:{self.session}:{next(counter)}")
@@ -117,6 +122,7 @@ class IngestService:
             self.capture_loop()
         finally:
             metrics.CAMERA_UP.labels(self.camera.id).set(0)
+            self.beacon.stop()
             log.info("%s: stopped after %d frames", self.who, self.frames)
 
     def capture_loop(self) -> None:
@@ -130,12 +136,14 @@ class IngestService:
             except SourceError as e:
                 metrics.SOURCE_ERRORS.labels(cam, "open").inc()
                 log.warning("%s: %s; retrying in %.1f s", self.who, e, delay)
+                self.beacon.beat("waiting", "camera not open", for_s=delay)
                 self.stop.wait(delay)
                 delay = min(delay * 2, RECONNECT_CAP_S)
                 continue
             live = is_live(self.camera.source)
             reader = LatestFrameReader(cap, cam) if live else FileReader(cap, self.fast)
             metrics.CAMERA_UP.labels(cam).set(1)
+            self.beacon.beat("ready")
             got = self.read_frames(reader, live)
             self.flush()
             reader.close()
@@ -151,6 +159,7 @@ class IngestService:
             metrics.RECONNECTS.labels(cam).inc()
             if live:
                 log.warning("%s: stream lost; reconnecting in %.1f s", self.who, delay)
+                self.beacon.beat("waiting", "stream lost", for_s=delay)
                 self.stop.wait(delay)
                 delay = min(delay * 2, RECONNECT_CAP_S)
 
@@ -164,6 +173,7 @@ class IngestService:
         last_frame = time.monotonic()
         fps_window: list[float] = []
         while not self.stop.is_set() and not self._done():
+            self.beacon.beat()
             t0 = time.perf_counter()
             frame = reader.get(timeout_s=0.5)
             if frame is None:
@@ -337,8 +347,8 @@ def serve_camera(settings: Settings, camera: str, *, fast: bool = False, loop: b
     # on the cores the other cameras and the workers need (measured: 1.7 ms CPU per frame)
     cv2.setNumThreads(1)
     stop = stop_on_signals()
-    serve(settings.metrics, f"ingest {camera}", metrics_port)
-    IngestService(settings, cam, fast, loop, max_frames, stop).start()
+    port = serve(settings.metrics, f"ingest {camera}", metrics_port)
+    IngestService(settings, cam, fast, loop, max_frames, stop, port).start()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,6 +34,13 @@ Box = tuple[int, int, int, int]
 Verdict = Literal["live", "spoof", "undecided"]
 """What fusion decides about a track."""
 
+Role = Literal["ingest", "face-worker", "eye-worker", "fusion", "supervisor"]
+"""What kind of process a heartbeat comes from."""
+
+ServiceState = Literal["starting", "ready", "waiting", "stopped"]
+"""Where a process stands: ``starting`` (loading, joining its group), ``ready`` (consuming, or
+reading its camera), ``waiting`` (for its camera to come back), ``stopped`` (a clean exit)."""
+
 
 @dataclass(frozen=True)
 class Keys:
@@ -84,7 +91,13 @@ class Keys:
         return f"{self.prefix}:camera-session:{camera}"
 
     def heartbeat(self, service: str) -> str:
+        """Hash of one service process's ``Heartbeat``; it expires when the process stops beating."""
         return f"{self.prefix}:heartbeat:{service}"
+
+    @property
+    def services(self) -> str:
+        """Sorted set service name -> its last heartbeat (epoch s): who ``liveness status`` lists."""
+        return f"{self.prefix}:services"
 
 
 def _encode(value: Any) -> bytes:
@@ -360,7 +373,36 @@ class Label(Message):
             raise PoisonMessageError(f"field 'label': {self.label!r} is not live or spoof")
 
 
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    """What a service process says of itself, rewritten every beat at ``Keys.heartbeat(name)``.
+
+    Readiness and the metrics port come from the process itself, so an operator, a probe or a
+    test asks instead of guessing a port layout or sleeping; a process that stops beating lets
+    its heartbeat expire.
+    """
+
+    stream: ClassVar[str] = ""
+    name: str
+    role: Role
+    state: ServiceState
+    host: str
+    pid: int
+    started_ts: float
+    ts: float
+    metrics_port: int | None = None
+    detail: str = ""
+
+    def validate(self) -> None:
+        if not _ID.fullmatch(self.name):
+            raise PoisonMessageError("field 'name': must be 1-128 of A-Z a-z 0-9 _ . : -")
+        if self.role not in typing.get_args(Role):
+            raise PoisonMessageError(f"field 'role': {self.role[:20]!r} is not a service role")
+        if self.state not in typing.get_args(ServiceState):
+            raise PoisonMessageError(f"field 'state': {self.state[:20]!r} is not a service state")
+
+
 __all__ = [
-    "Box", "Decision", "EyeSample", "EyeScore", "FaceCrop", "FaceScore", "Keys", "Label", "Message",
-    "MessageError", "PoisonMessageError", "Score",
+    "Box", "Decision", "EyeSample", "EyeScore", "FaceCrop", "FaceScore", "Heartbeat", "Keys", "Label", "Message",
+    "MessageError", "PoisonMessageError", "Role", "Score", "ServiceState",
 ]

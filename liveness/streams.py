@@ -29,6 +29,7 @@ import redis
 from prometheus_client import Counter, Gauge, Histogram
 
 from liveness.contract import Keys
+from liveness.heartbeat import Beacon
 from liveness.redisconn import wait_until_up
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ class StreamConsumer:
     def __init__(self, client: redis.Redis, keys: Keys, stream: str | list[str], group: str, name: str, *,
                  batch_size: int = 16, block_ms: int = 20, min_idle_ms: int = 10_000, max_deliveries: int = 3,
                  dead_maxlen: int = 10_000, dead_retention_s: float | None = None,
-                 stop: threading.Event | None = None, redis_url: str = "") -> None:
+                 stop: threading.Event | None = None, redis_url: str = "", beacon: Beacon | None = None) -> None:
         self.redis = client
         self.keys = keys
         self.streams = [stream] if isinstance(stream, str) else list(stream)
@@ -108,6 +109,8 @@ class StreamConsumer:
         self.dead_retention_s = dead_retention_s
         self.stop = stop or threading.Event()
         self.redis_url = redis_url
+        self.beacon = beacon
+        """The process's heartbeat: ``ready`` once the consumer has read from its group, renewed every round."""
         self._next_claim = 0.0
         self._next_info = 0.0
         self._claim_cursor = {name: "0-0" for name in self.streams}
@@ -136,6 +139,8 @@ class StreamConsumer:
                     self.ensure_group()
                     ready = True
                 self.poll()
+                if self.beacon is not None:
+                    self.beacon.beat("ready")
             except (redis.ConnectionError, redis.TimeoutError) as e:
                 REDIS_ERRORS.labels(self.group).inc()
                 log.warning("%s: Redis unavailable (%s)", self.name, type(e).__name__)
@@ -294,6 +299,8 @@ class StreamConsumer:
 
     def teardown(self) -> None:
         """Called once after the loop ends (the last batch is already acknowledged)."""
+        if self.beacon is not None:
+            self.beacon.stop()
         log.info("%s: stopped", self.name)
 
 

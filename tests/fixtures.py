@@ -15,11 +15,12 @@ import redis
 import yaml
 
 from liveness.config import CropSettings
-from liveness.contract import Decision, EyeSample, EyeScore, FaceCrop, FaceScore, Keys
+from liveness.contract import Decision, EyeSample, EyeScore, FaceCrop, FaceScore, Heartbeat, Keys, ServiceState
 from liveness.eyes import EyeHistory
 from liveness.evidence import Policy
 from liveness.face import FacePipeline, crop_jpeg
-from tests.conftest import REDIS_URL, liveness_cmd, nuaa_sequence
+from liveness.heartbeat import read
+from tests.conftest import REDIS_URL, liveness_cmd, nuaa_sequence, wait_for
 
 SEQUENCES = {"live": "ClientRaw/0001_00_00_01", "spoof": "ImposterRaw/0001_00_00_01"}
 
@@ -60,6 +61,23 @@ def real_eye_samples(label: str, camera: str = "cam", track: str = "cam:1:1") ->
         out.append(EyeSample(camera, track, i, 1000.0 + ts, 1000.0 + ts, f.box, f.left, f.right,
                              history.open_level, window, history.rate_hz if window else None, label))
     return tuple(out)
+
+
+def heartbeat(r: redis.Redis, keys: Keys, name: str) -> Heartbeat | None:
+    return read(r.hgetall(keys.heartbeat(name)))
+
+
+def wait_state(r: redis.Redis, keys: Keys, *names: str, state: ServiceState = "ready",
+               timeout_s: float = 60) -> dict[str, Heartbeat]:
+    """Until each named process's own heartbeat says ``state`` (ready: model loaded and its group
+    read, or its camera open); returns the heartbeats."""
+    def reached() -> dict[str, Heartbeat] | None:
+        beats = {name: heartbeat(r, keys, name) for name in names}
+        if all(b is not None and b.state == state for b in beats.values()):
+            return beats
+        return None
+
+    return wait_for(reached, timeout_s)
 
 
 def metric(port: int, name: str) -> float:
@@ -183,13 +201,19 @@ class Services:
         self.procs.clear()
 
 
+def settled(r: redis.Redis, stream: str, group: str | None = None) -> bool:
+    """The stream's groups (or the one named) have read and acknowledged everything on it.
+
+    A consumer commits its results with the acknowledgement, in one transaction: once settled,
+    everything the stream's entries lead to is written, and nothing more will come of them.
+    """
+    try:
+        groups = [g for g in r.xinfo_groups(stream) if group is None or g["name"].decode() == group]
+    except redis.ResponseError:
+        return False
+    return bool(groups) and not any(g["pending"] or g["lag"] for g in groups)
+
+
 def drained(r: redis.Redis, keys: Keys) -> bool:
     """Every group has read and acknowledged everything."""
-    for stream in (keys.stream(FaceCrop), keys.stream(EyeSample), keys.stream(FaceScore), keys.stream(EyeScore)):
-        try:
-            groups = r.xinfo_groups(stream)
-        except redis.ResponseError:
-            return False
-        if not groups or any(g["pending"] or g["lag"] for g in groups):
-            return False
-    return True
+    return all(settled(r, keys.stream(kind)) for kind in (FaceCrop, EyeSample, FaceScore, EyeScore))

@@ -23,6 +23,7 @@ class EyeWorker(ScoringWorker):
     source = EyeSample
     output = EyeScore
     role = "eye-workers"
+    service_role = "eye-worker"
     section = "eye_worker"
     short = "eye"
     artifact = "eye.onnx"

@@ -45,6 +45,7 @@ class FaceWorker(ScoringWorker):
     source = FaceCrop
     output = FaceScore
     role = "face-workers"
+    service_role = "face-worker"
     section = "face_worker"
     short = "face"
     artifact = "face.onnx"

@@ -19,9 +19,10 @@ import redis
 
 from liveness import lifecycle
 from liveness.config import Settings, WorkerSettings
-from liveness.contract import EyeSample, FaceCrop, Keys, Score
+from liveness.contract import EyeSample, FaceCrop, Keys, Role, Score
 from liveness.defaults import artifact_path
 from liveness.errors import PoisonMessageError
+from liveness.heartbeat import Beacon
 from liveness.metrics import STAGE_LATENCY
 from liveness.streams import Entry, Outcome, StreamConsumer, consumer_name
 from liveness.workers import metrics
@@ -39,6 +40,9 @@ class ScoringWorker(StreamConsumer):
     source: ClassVar[type[FaceCrop] | type[EyeSample]]
     output: ClassVar[type[Score]]
     role: ClassVar[Literal["face-workers", "eye-workers"]]
+    """Its consumer group."""
+    service_role: ClassVar[Role]
+    """What its heartbeat says it is."""
     section: ClassVar[Literal["face_worker", "eye_worker"]]
     """Its section of the settings."""
     short: ClassVar[str]
@@ -47,12 +51,13 @@ class ScoringWorker(StreamConsumer):
     input_shape: ClassVar[tuple[int, ...]]
 
     def __init__(self, settings: Settings, cfg: WorkerSettings, model: OnnxModel, client: redis.Redis, name: str,
-                 stop: threading.Event | None = None, dead_retention_s: float | None = None) -> None:
+                 stop: threading.Event | None = None, dead_retention_s: float | None = None,
+                 beacon: Beacon | None = None) -> None:
         keys = Keys(settings.prefix)
         super().__init__(client, keys, keys.stream(self.source), keys.group(self.role), name,
                          batch_size=cfg.batch_size, block_ms=cfg.block_ms, min_idle_ms=cfg.min_idle_ms,
                          max_deliveries=cfg.max_deliveries, dead_maxlen=settings.streams.maxlen,
-                         dead_retention_s=dead_retention_s, stop=stop, redis_url=settings.redis.url)
+                         dead_retention_s=dead_retention_s, stop=stop, redis_url=settings.redis.url, beacon=beacon)
         self.model = model
         self.scores = keys.stream(self.output)
         self.maxlen = settings.streams.maxlen
@@ -114,7 +119,7 @@ def serve_worker(settings: Settings, worker: type[ScoringWorker], *, name: str |
     model = OnnxModel(cfg.model or artifact_path(worker.artifact), threads=cfg.threads, input_shape=worker.input_shape,
                       max_batch=cfg.batch_size)
     name = name or consumer_name(worker.short)
-    started = lifecycle.start(settings, name, metrics_port)
-    if started:
+    service = lifecycle.start(settings, name, worker.service_role, metrics_port)
+    if service:
         retention = settings.streams.crop_retention_s if worker.section == "face_worker" else None
-        worker(settings, cfg, model, started[0], name, started[1], retention).run()
+        worker(settings, cfg, model, service.redis, name, service.stop, retention, service.beacon).run()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import subprocess
 import time
@@ -14,7 +15,7 @@ import yaml
 
 from liveness.contract import EyeSample, EyeScore, FaceCrop, FaceScore, Keys
 from tests.conftest import REDIS_URL, free_port, liveness_cmd, wait_for
-from tests.fixtures import crop_message, metric, real_crops, real_eye_samples
+from tests.fixtures import crop_message, metric, real_crops, real_eye_samples, settled, wait_state
 
 
 def config(tmp_path: Path, prefix: str, **worker: object) -> Path:
@@ -27,9 +28,9 @@ def config(tmp_path: Path, prefix: str, **worker: object) -> Path:
     return path
 
 
-def start(kind: str, cfg: Path, name: str, metrics_port: int = 0) -> subprocess.Popen[str]:
-    env_port = {"LIVENESS_METRICS__PORT": str(metrics_port)}
-    import os
+def start(kind: str, cfg: Path, name: str, metrics: bool = False) -> subprocess.Popen[str]:
+    """A worker process; with ``metrics``, serving them on the first free port it finds (its heartbeat says which)."""
+    env_port = {"LIVENESS_METRICS__PORT": str(free_port() if metrics else 0)}
     return subprocess.Popen(liveness_cmd(kind, "--config", str(cfg), "--name", name),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env_port})
 
@@ -59,14 +60,16 @@ def scores(r: redis.Redis, keys: Keys, kind: type[FaceScore] | type[EyeScore]) -
 def test_two_face_workers_share_the_stream(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
     keys = Keys(prefix)
     cfg = config(tmp_path, prefix)
-    ports = [free_port(), free_port()]
-    workers = [start("face-worker", cfg, f"w{i}", ports[i]) for i in range(2)]
+    workers = [start("face-worker", cfg, f"w{i}", metrics=True) for i in range(2)]
+    processed = 'liveness_messages_processed_total{group="' + keys.group("face-workers") + '"}'
     try:
-        time.sleep(3)  # both join the group before the work arrives
+        beats = wait_state(r, keys, "w0", "w1")  # both read from the group before the work arrives
+        ports = [beats[name].metrics_port for name in ("w0", "w1")]
         ids = add_crops(r, keys, 400)
-        wait_for(lambda: r.xlen(keys.stream(FaceScore)) >= 400, timeout_s=120)
-        time.sleep(1)
-        done = [metric(p, 'liveness_messages_processed_total{group="' + keys.group("face-workers") + '"}') for p in ports]
+        wait_for(lambda: settled(r, keys.stream(FaceCrop)), timeout_s=120)
+        # counted after the commit: read until both endpoints have counted every crop
+        wait_for(lambda: sum(metric(p, processed) for p in ports) == 400, timeout_s=10, every_s=0.05)
+        done = [metric(p, processed) for p in ports]
     finally:
         outs = [stop(w) for w in workers]
     got = scores(r, keys, FaceScore)
@@ -102,8 +105,8 @@ def test_killed_face_worker_loses_nothing(r: redis.Redis, prefix: str, tmp_path:
         pytest.fail("could not kill the worker mid-batch in 5 tries")
     rescuer = start("face-worker", cfg, "rescuer")
     try:
-        wait_for(lambda: r.xlen(keys.stream(FaceScore)) >= len(ids), timeout_s=120)
-        time.sleep(1.5)
+        wait_for(lambda: r.xlen(keys.stream(FaceScore)) >= len(ids) and settled(r, keys.stream(FaceCrop)),
+                 timeout_s=120)
     finally:
         stop(rescuer)
     got = [s.source_id for s in scores(r, keys, FaceScore)]
@@ -153,9 +156,7 @@ def test_eye_worker_scores_windows_and_dead_letters_nan(r: redis.Redis, prefix: 
     r.xadd(keys.stream(EyeSample), nan)
     worker = start("eye-worker", cfg, "e")
     try:
-        wait_for(lambda: r.xlen(keys.stream(EyeScore)) >= len(with_window), timeout_s=60)
-        wait_for(lambda: r.xlen(keys.dead(keys.stream(EyeSample))) >= 1, timeout_s=30)
-        time.sleep(0.5)
+        wait_for(lambda: settled(r, keys.stream(EyeSample)), timeout_s=60)
     finally:
         stop(worker)
     got = scores(r, keys, EyeScore)

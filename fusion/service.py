@@ -430,7 +430,7 @@ def serve_fusion(settings: Settings, *, name: str | None = None, metrics_port: i
     name = name or consumer_name("fusion")
     service = lifecycle.start(settings, name, "fusion", metrics_port)
     if service:
-        Fusion(settings, service.redis, name, service.stop, service.beacon).start()
+        Fusion(settings, service.client, name, service.stop, service.beacon).start()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from liveness.redisconn import connect, wait_until_up
 class Service:
     """What a started service process holds: its Redis client, its stop event and its heartbeat."""
 
-    redis: redis.Redis
+    client: redis.Redis
     stop: threading.Event
     beacon: Beacon
 

@@ -162,7 +162,11 @@ def services_config(tmp_path: Path, prefix: str, clips: dict[str, str]) -> Path:
 
 
 class Services:
-    """The pipeline's processes, started one by one so the test can kill any of them."""
+    """The pipeline's processes, started one by one so the test can kill any of them.
+
+    Each writes its log to a file beside the config, so a test can read what a running
+    process said (``log``) without a pipe that fills up and blocks it.
+    """
 
     def __init__(self, config: Path, redis_env: dict[str, str]) -> None:
         self.config = config
@@ -174,8 +178,8 @@ class Services:
         cmd = liveness_cmd(*args, "--config", str(self.config))
         if args[0] != "ingest":
             cmd += ["--name", name]
-        self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                            text=True)
+        with self._log_path(name).open("w") as out:
+            self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, text=True)
 
     def start_scoring(self) -> None:
         """Fusion, a face worker and an eye worker: what every camera needs downstream."""
@@ -183,22 +187,31 @@ class Services:
         self.start("face", "face-worker")
         self.start("eye", "eye-worker")
 
+    def log(self, name: str) -> str:
+        """What the process has logged so far."""
+        return self._log_path(name).read_text(errors="replace")
+
     def kill(self, name: str) -> None:
         proc = self.procs.pop(name)
         proc.send_signal(signal.SIGKILL)
-        self.logs[name] = proc.communicate(timeout=20)[0]
+        proc.wait(20)
+        self.logs[name] = self.log(name)
 
     def stop_all(self) -> None:
-        for name, proc in self.procs.items():
+        for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for name, proc in self.procs.items():
             try:
-                self.logs[name] = proc.communicate(timeout=40)[0]
+                proc.wait(40)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                self.logs[name] = proc.communicate()[0]
+                proc.wait()
+            self.logs[name] = self.log(name)
         self.procs.clear()
+
+    def _log_path(self, name: str) -> Path:
+        return self.config.parent / f"{name}.log"
 
 
 def settled(r: redis.Redis, stream: str, group: str | None = None) -> bool:

@@ -122,4 +122,4 @@ def serve_worker(settings: Settings, worker: type[ScoringWorker], *, name: str |
     service = lifecycle.start(settings, name, worker.service_role, metrics_port)
     if service:
         retention = settings.streams.crop_retention_s if worker.section == "face_worker" else None
-        worker(settings, cfg, model, service.redis, name, service.stop, retention, service.beacon).run()
+        worker(settings, cfg, model, service.client, name, service.stop, retention, service.beacon).run()

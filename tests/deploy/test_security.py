@@ -11,7 +11,6 @@ import shlex
 import signal
 import socket
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -31,7 +30,7 @@ from liveness.redisconn import connect
 from tests.conftest import free_port, liveness_cmd, make_certificates, wait_for
 from tests.deploy.conftest import (COMPOSE_SECRETS, ROOT, ManifestRedis, by_kind, compose_config, kustomize,
                                    local_path, make_secrets, manifests)
-from tests.fixtures import FAULT_CLIPS, Services, drained, services_config
+from tests.fixtures import FAULT_CLIPS, Services, drained, services_config, wait_state
 
 LIVENESS_SERVICES = ("ingest", "face-worker", "eye-worker", "fusion")
 BEYOND_THE_LIST = (("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "GET", "*"), ("KEYS", "*"), ("ACL", "LIST"),
@@ -328,7 +327,7 @@ def test_services_run_as_the_acl_user_and_nothing_more(k8s_secrets: dict, tmp_pa
                    {"LIVENESS_REDIS__URL": url})
     try:
         svc.start_scoring()
-        time.sleep(3)
+        wait_state(admin, keys, "fusion", "face", "eye")
         svc.start("ingest", "ingest")
         wait_for(lambda: admin.exists(keys.stream(Decision)), timeout_s=180)
         wait_for(lambda: svc.procs["ingest"].poll() is not None, timeout_s=90)

@@ -3,7 +3,6 @@ a restarted Redis, and Redis with an ACL user and TLS."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import redis
 from liveness.contract import Decision, EyeSample, EyeScore, FaceCrop, FaceScore, Keys
 from liveness.evidence import TrackEvidence
 from tests.conftest import PrivateRedisServer, wait_for
-from tests.fixtures import FAULT_CLIPS, Services, drained, services_config
+from tests.fixtures import FAULT_CLIPS, Services, drained, services_config, settled, wait_state
 
 
 def check_exactly_once(r: redis.Redis, keys: Keys) -> dict[str, list[Decision]]:
@@ -55,17 +54,21 @@ def test_killing_each_service_mid_run_loses_and_repeats_nothing(private_redis: P
             svc.start(name, "face-worker")
         for name in ("eye-a", "eye-b"):
             svc.start(name, "eye-worker")
-        time.sleep(4)  # models loaded, groups joined
+        wait_state(r, keys, "fusion-a", "face-a", "face-b", "eye-a", "eye-b")  # models loaded, groups read
         svc.start("ingest", "ingest")
-        wait_for(lambda: r.exists(keys.stream(FaceScore)) and r.xlen(keys.stream(FaceScore)) > 10, timeout_s=60)
-        svc.kill("face-a")
-        time.sleep(1.5)
-        svc.kill("eye-a")
-        time.sleep(1.5)
-        svc.kill("fusion-a")
-        time.sleep(1.0)
-        svc.start("fusion-b", "fusion")
         ingest = svc.procs["ingest"]
+        wait_for(lambda: r.exists(keys.stream(FaceScore)) and r.xlen(keys.stream(FaceScore)) > 10, timeout_s=60)
+        # each kill once the survivors have moved on since the last one
+        for victim, survivor_output in (("face-a", FaceScore), ("eye-a", EyeScore)):
+            before = r.xlen(keys.stream(survivor_output))
+            svc.kill(victim)
+            wait_for(lambda: r.xlen(keys.stream(survivor_output)) > before + 2 or ingest.poll() is not None,
+                     timeout_s=60)
+        svc.kill("fusion-a")
+        # fusion-b starts with scores waiting that nobody has read, and fusion-a's unacknowledged ones
+        wait_for(lambda: not settled(r, keys.stream(FaceScore), keys.group("fusion")) or ingest.poll() is not None,
+                 timeout_s=60)
+        svc.start("fusion-b", "fusion")
         wait_for(lambda: ingest.poll() is not None, timeout_s=120, every_s=1)
         wait_for(lambda: drained(r, keys), timeout_s=90, every_s=1)
     finally:
@@ -81,20 +84,22 @@ def test_redis_restart_mid_run(private_redis: PrivateRedisServer, prefix: str, t
     svc = Services(services_config(tmp_path, prefix, {"live-a": FAULT_CLIPS["live-a"]}), private_redis.env())
     try:
         svc.start_scoring()
-        time.sleep(3)
+        wait_state(r, keys, "fusion", "face", "eye")
         svc.start("ingest", "ingest", "--loop")
-        wait_for(lambda: r.exists(keys.stream(Decision)), timeout_s=60)
-        time.sleep(2)
+        wait_for(lambda: r.exists(keys.stream(Decision)) and r.xlen(keys.stream(FaceScore)) >= 20, timeout_s=60)
         before = {k: r.xlen(k) for k in (keys.stream(FaceScore), keys.stream(Decision))}
         delivered = _entry(r.xinfo_groups(keys.stream(FaceCrop))[0]["last-delivered-id"])
         private_redis.stop()
-        time.sleep(4)
+        # Redis stays down until every service has met the outage
+        wait_for(lambda: all("Redis unavailable" in svc.log(name) for name in ("fusion", "face", "eye"))
+                 and "Redis write failed" in svc.log("ingest"), timeout_s=60)
         private_redis.start()
         r = private_redis.client()
         for k, n in before.items():
             assert r.xlen(k) >= n, f"{k}: results written before the restart survived (AOF)"
         assert _entry(r.xinfo_groups(keys.stream(FaceCrop))[0]["last-delivered-id"]) >= delivered, "group state kept"
         wait_for(lambda: r.xlen(keys.stream(FaceScore)) > before[keys.stream(FaceScore)] + 20, timeout_s=60)
+        wait_state(r, keys, "fusion", "face", "eye", "ingest:live-a")  # each says it is back at work
         assert all(p.poll() is None for p in svc.procs.values()), "every service carried on"
     finally:
         svc.stop_all()
@@ -116,7 +121,7 @@ def test_acl_user_and_tls(tmp_path: Path, prefix: str) -> None:
     svc = Services(services_config(tmp_path, prefix, {"photo": FAULT_CLIPS["photo"]}), server.env())
     try:
         svc.start_scoring()
-        time.sleep(3)
+        wait_state(r, keys, "fusion", "face", "eye")
         svc.start("ingest", "ingest")
         wait_for(lambda: r.exists(keys.stream(Decision)), timeout_s=90)
         wait_for(lambda: svc.procs["ingest"].poll() is not None, timeout_s=60)
@@ -138,11 +143,13 @@ def test_services_started_before_redis_wait_for_it(prefix: str, tmp_path: Path) 
     try:
         svc.start_scoring()
         svc.start("ingest", "ingest", "--loop")
-        time.sleep(5)
+        wait_for(lambda: all("not answering" in svc.log(name) for name in svc.procs), timeout_s=60)
         assert all(p.poll() is None for p in svc.procs.values()), "nobody gave up while Redis was down"
         server.start()
         r = server.client()
         wait_for(lambda: r.exists(keys.stream(Decision)), timeout_s=90)
+        wait_state(r, keys, "fusion", "face", "eye", "ingest:live-a")  # every one of them came to work
+        assert all(p.poll() is None for p in svc.procs.values())
     finally:
         svc.stop_all()
         server.stop()

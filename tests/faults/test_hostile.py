@@ -5,7 +5,6 @@ processed; nothing crashes, and a good track decided alongside is unaffected."""
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import redis
@@ -14,7 +13,8 @@ from hypothesis import strategies as st
 
 from liveness.contract import Decision, EyeSample, EyeScore, FaceCrop, FaceScore, Keys, Label
 from tests.conftest import PrivateRedisServer, wait_for
-from tests.fixtures import Services, crop_message, drained, real_crops, real_eye_samples, services_config
+from tests.fixtures import (Services, crop_message, drained, real_crops, real_eye_samples, services_config,
+                            wait_state)
 
 VALID = {
     FaceCrop: lambda: crop_message(real_crops("live")[0], "cam", "hostile:1", 1).to_fields(),
@@ -62,7 +62,7 @@ def test_hostile_messages_are_dead_lettered_not_fatal(private_redis: PrivateRedi
     sent: list[tuple[type, str]] = []
     try:
         svc.start_scoring()
-        time.sleep(4)
+        wait_state(r, keys, "fusion", "face", "eye")
 
         @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         @given(hostile())

@@ -14,7 +14,7 @@ import yaml
 from liveness.contract import Decision, EyeScore, FaceScore, Keys, Label
 from liveness.evidence import Policy, TrackEvidence
 from tests.conftest import free_port, liveness_cmd, wait_for
-from tests.fixtures import fusion_config, metric, read_decisions, send_face_score, start_fusion, stop_process
+from tests.fixtures import fusion_config, metric, read_decisions, send_face_score, settled, start_fusion, stop_process
 
 
 def test_policy_defaults_decide_as_documented() -> None:
@@ -43,9 +43,8 @@ def test_interleaved_tracks_and_duplicates(r: redis.Redis, prefix: str, tmp_path
         # at-least-once delivery upstream: the same results again, under new entry ids
         for frame in range(6):
             send_face_score(r, keys, "cam1", "photo-track", frame, 0.97)
-        wait_for(lambda: len(read_decisions(r, keys)) >= 2 and r.xpending(keys.stream(FaceScore), keys.group("fusion"))
-                 ["pending"] == 0 and not r.xinfo_groups(keys.stream(FaceScore))[0]["lag"], timeout_s=30)
-        time.sleep(1)
+        # every score is counted and acknowledged: nothing more can come of them
+        wait_for(lambda: settled(r, keys.stream(FaceScore)) and settled(r, keys.stream(EyeScore)), timeout_s=30)
     finally:
         out = stop_process(proc)
     got = {d.track: d for d in read_decisions(r, keys)}
@@ -184,15 +183,15 @@ def test_restart_mid_run_neither_loses_nor_repeats_decisions(r: redis.Redis, pre
         for frame in range(2):
             for i, t in enumerate(tracks):
                 send_face_score(r, keys, "cam", t, frame, 0.97 if i % 2 else 0.03)
-        time.sleep(1.5)
+        wait_for(lambda: settled(r, keys.stream(FaceScore)), timeout_s=30)  # the first two frames are counted
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         for frame in range(2, 8):
             for i, t in enumerate(tracks):
                 send_face_score(r, keys, "cam", t, frame, 0.97 if i % 2 else 0.03)
         proc = start_fusion(cfg, "f2")
-        wait_for(lambda: len(read_decisions(r, keys)) >= len(tracks), timeout_s=60)
-        time.sleep(2)
+        wait_for(lambda: len(read_decisions(r, keys)) >= len(tracks) and settled(r, keys.stream(FaceScore)),
+                 timeout_s=60)
     finally:
         stop_process(proc)
     got = read_decisions(r, keys)

@@ -14,7 +14,7 @@ import yaml
 
 from liveness.contract import EyeSample, FaceCrop, Keys
 from tests.conftest import REDIS_URL, RtspServer, free_port, liveness_cmd, wait_for
-from tests.fixtures import metric
+from tests.fixtures import metric, wait_state
 
 
 def write_config(tmp_path: Path, prefix: str, cameras: list[dict], metrics_port: int = 0) -> Path:
@@ -103,10 +103,11 @@ def test_reconnects_after_rtsp_server_restart(rtsp: RtspServer, r: redis.Redis, 
     try:
         wait_for(lambda: r.xlen(keys.stream(EyeSample)) >= 10, timeout_s=60)
         rtsp.stop()
-        time.sleep(3)
+        wait_state(r, keys, "ingest:door", state="waiting")  # ingest has seen the stream go
         before = r.xlen(keys.stream(EyeSample))
         rtsp.start()
         wait_for(lambda: r.xlen(keys.stream(EyeSample)) >= before + 20, timeout_s=90)
+        wait_state(r, keys, "ingest:door")
         assert metric(port, "liveness_camera_reconnects_total") >= 1
         assert metric(port, 'liveness_camera_up{camera="door"}') == 1
         assert proc.poll() is None
@@ -171,7 +172,8 @@ def test_face_crops_expire_within_the_retention(rtsp: RtspServer, r: redis.Redis
     keys = Keys(prefix)
     try:
         wait_for(lambda: r.xlen(keys.stream(FaceCrop)) > 0, timeout_s=60)
-        time.sleep(6)
+        first = r.xrange(keys.stream(FaceCrop), count=1)[0][0]
+        wait_for(lambda: r.xrange(keys.stream(FaceCrop), count=1)[0][0] != first, timeout_s=30)  # trimmed
         oldest = r.xrange(keys.stream(FaceCrop), count=1)[0][0].decode()
         age_s = time.time() - int(oldest.split("-")[0]) / 1000
         dead_letters = r.xlen(keys.dead(keys.stream(FaceCrop)))

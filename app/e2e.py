@@ -17,16 +17,18 @@ import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+import redis
 
 from liveness.app.localredis import PrivateRedis, free_port
 from liveness.app.replay import Replay, interleave
 from liveness.app.run import process_specs
 from liveness.config import Settings, load_settings
-from liveness.contract import Decision, Keys
+from liveness.contract import Decision, EyeSample, EyeScore, FaceCrop, FaceScore, Keys
 from liveness.errors import LivenessError
+from liveness.heartbeat import heartbeats
 from liveness.redisconn import connect
 from liveness.streams import RawEntry
 from liveness.supervisor import ProcessSpec, Supervisor
@@ -38,10 +40,10 @@ log = logging.getLogger(__name__)
 
 NUAA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nuaa-train"
 WARMUP_S = 15.0
-"""Time for models to load and tracks to start before measuring, seconds."""
+"""Time after every process beats ready, for tracks to start and queues to fill, before measuring, seconds."""
 
-DRAIN_S = 10.0
-"""Time after the cameras stop for the queues to empty, before counting losses, seconds."""
+DRAIN_S = 30.0
+"""Longest wait after the cameras stop for every group to read and acknowledge all, before counting losses, seconds."""
 
 
 def _scrape(port: int) -> dict[str, float]:
@@ -91,27 +93,27 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, object]:
         settings = Settings.model_validate(data)
         specs = process_specs(settings, args.face_workers, args.eye_workers, loop=True)
         supervisor = Supervisor(specs)
-        t_start = time.monotonic()
         client = connect(settings.redis)
         keys = Keys(settings.prefix)
         marks = _Marks()
 
         def until() -> bool:
             now = time.monotonic()
-            if marks.start is None and now - t_start >= WARMUP_S:
+            if marks.ready is None and _all_ready(client, keys, specs):
+                marks.ready = now
+            if marks.ready is not None and marks.start is None and now - marks.ready >= WARMUP_S:
                 marks.start = time.time()
-                marks.metrics = _totals(settings, len(specs))
+                marks.metrics = _totals(client, keys)
                 marks.cpu = _cpu_all(specs)
-            return marks.start is not None and now - t_start >= WARMUP_S + args.duration
+            return marks.ready is not None and now - marks.ready >= WARMUP_S + args.duration
 
         supervisor.run(until=until, stop_after=False)
         end_wall = time.time()
-        after = _totals(settings, len(specs))
-        after_ingest = after
+        after = _totals(client, keys)
         cpu = _cpu_all(specs)
         supervisor.stop("ingest:")
-        time.sleep(DRAIN_S)
-        drained = _totals(settings, len(specs))
+        _wait_drained(client, keys)
+        drained = _totals(client, keys)
         supervisor.stop()
         if marks.start is None:
             raise LivenessError("bench e2e: stopped before the warm-up ended")
@@ -128,7 +130,7 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, object]:
         "bench": "e2e", "cameras": args.cameras, "fps": args.fps, "duration_s": args.duration,
         "face_workers": args.face_workers, "eye_workers": args.eye_workers,
         "frames": int(frames), "frames_per_s": round(frames / args.duration, 1), "shed": int(shed),
-        "skipped": int(skipped), "decisions": len(decisions), "lost": _lost(after_ingest, drained),
+        "skipped": int(skipped), "decisions": len(decisions), "lost": _lost(after, drained),
         "latency_p50_s": _pct(latency, 50), "latency_p95_s": _pct(latency, 95), "latency_p99_s": _pct(latency, 99),
         "time_to_decision_median_s": round(float(np.median(ttd)), 3) if ttd else None,
         "cpu_s": {name: round(cpu[name] - marks.cpu.get(name, 0.0), 1) for name in cpu},
@@ -140,6 +142,8 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, object]:
 class _Marks:
     """What the run records when the warm-up ends."""
 
+    ready: float | None = None
+    """Monotonic time at which every process first beat ready."""
     start: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
@@ -152,12 +156,38 @@ def _renamed(seq: Sequence, i: int) -> Sequence:
     return replace(seq, name=f"cam{i:02d}-{seq.label}")
 
 
-def _totals(settings: Settings, n: int) -> dict[str, float]:
+def _all_ready(client: redis.Redis, keys: Keys, specs: list[ProcessSpec]) -> bool:
+    """Every supervised process beats ready: models loaded, groups read, cameras open."""
+    alive, _ = heartbeats(client, keys)
+    return sum(hb.state == "ready" for hb in alive) >= len(specs)
+
+
+def _totals(client: redis.Redis, keys: Keys) -> dict[str, float]:
+    """Each metric family summed over every process that beats, at the metrics port its heartbeat gives."""
     total: dict[str, float] = {}
-    for i in range(n):
-        for k, v in _scrape(settings.metrics.port + i).items():
-            total[k] = total.get(k, 0.0) + v
+    alive, _ = heartbeats(client, keys)
+    for hb in alive:
+        if hb.metrics_port and hb.state != "stopped":
+            for k, v in _scrape(hb.metrics_port).items():
+                total[k] = total.get(k, 0.0) + v
     return total
+
+
+def _wait_drained(client: redis.Redis, keys: Keys) -> None:
+    """Until every group has read and acknowledged its streams, at most ``DRAIN_S``."""
+    streams = [keys.stream(m) for m in (FaceCrop, EyeSample, FaceScore, EyeScore)]
+    deadline = time.monotonic() + DRAIN_S
+    while time.monotonic() < deadline:
+        groups: list[dict[str, Any]] = []
+        for stream in streams:
+            try:
+                groups += client.xinfo_groups(stream)
+            except redis.ResponseError:  # a stream nobody wrote to
+                continue
+        if not any(g.get("pending") or g.get("lag") for g in groups):
+            return
+        time.sleep(0.2)
+    log.warning("bench e2e: queues not drained after %.0f s; losses counted as they are", DRAIN_S)
 
 
 def _cpu_all(specs: list[ProcessSpec]) -> dict[str, float]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 import signal
 import subprocess
 import time
@@ -17,12 +18,14 @@ import pytest
 import redis
 import yaml
 
-from liveness.contract import Decision, FaceScore, Keys, Label
+from liveness.contract import Decision, FaceScore, Heartbeat, Keys, Label
 from liveness.evidence import TrackEvidence
+from liveness.heartbeat import heartbeats
 from tests.conftest import NUAA, REDIS_URL, free_port, free_port_block, liveness_cmd, wait_for
 
 CAMERAS = 4
-METRICS_PORTS = 1 + 2 + 2 + CAMERAS + 1  # fusion, 2 face and 2 eye workers, each camera, the supervisor
+ROLES = {"fusion": 1, "face-worker": 2, "eye-worker": 2, "ingest": CAMERAS, "supervisor": 1}
+"""The processes ``liveness run --face-workers 2 --eye-workers 2`` starts for the replayed cameras."""
 
 
 def stop(proc: subprocess.Popen[str]) -> str:
@@ -48,6 +51,13 @@ def settled_verdicts(r: redis.Redis, keys: Keys) -> dict[str, str]:
         if d.camera not in best or n > best[d.camera][0]:
             best[d.camera] = (n, d.verdict)
     return {cam: verdict for cam, (_, verdict) in best.items()}
+
+
+def ready_roles(r: redis.Redis, keys: Keys) -> list[Heartbeat] | None:
+    """The run's heartbeats, once every process it starts beats ready with a metrics port."""
+    alive, _ = heartbeats(r, keys)
+    ready = [hb for hb in alive if hb.state == "ready" and hb.metrics_port]
+    return ready if Counter(hb.role for hb in ready) == Counter(ROLES) else None
 
 
 def calibrate(r: redis.Redis, keys: Keys, cameras: list[str], tracks: int = 3) -> None:
@@ -83,7 +93,7 @@ def prom_query(port: int, query: str) -> list[dict]:
 @pytest.fixture
 def pipeline(tmp_path: Path, prefix: str, r: redis.Redis):  # type: ignore[no-untyped-def]
     base = tmp_path / "base.yaml"
-    metrics_port = free_port_block(METRICS_PORTS)  # app/run.py: base + index, one port a process
+    metrics_port = free_port_block(sum(ROLES.values()))  # run gives its processes ports from here on
     base.write_text(yaml.safe_dump({"prefix": prefix, "redis": {"url": REDIS_URL},
                                     "metrics": {"port": metrics_port, "host": "127.0.0.1"}}))
     cams = tmp_path / "cameras.yaml"
@@ -97,26 +107,33 @@ def pipeline(tmp_path: Path, prefix: str, r: redis.Redis):  # type: ignore[no-un
     while line and "serving" not in line:
         line = replay.stdout.readline()
     assert "serving" in line, f"replay did not start: {replay.communicate(timeout=10)[0]}"
-    run = subprocess.Popen(liveness_cmd("run", "--config", str(cams), "--face-workers", "2", "--eye-workers", "2"),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        run = subprocess.Popen(liveness_cmd("run", "--config", str(cams), "--face-workers", "2", "--eye-workers", "2"),
+                               stdout=out, stderr=subprocess.STDOUT, text=True)
     try:
-        yield yaml.safe_load(cams.read_text()), metrics_port, run
+        yield yaml.safe_load(cams.read_text()), run
     finally:
-        out = stop(run)
+        stop(run)
         stop(replay)
-        print(out[-5000:])
+        print(log.read_text(errors="replace")[-5000:])
 
 
 def test_replayed_cameras_get_the_right_decisions(pipeline, r: redis.Redis, prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    config, metrics_port, run = pipeline
+    config, run = pipeline
     keys = Keys(prefix)
+    # every process of the run says it is ready, and where its metrics are
+    beats = wait_for(lambda: ready_roles(r, keys), timeout_s=120)
     labels = {c["id"]: c["label"] for c in config["cameras"]}
     assert sorted(labels.values()) == ["live", "live", "spoof", "spoof"]
     # commissioning, as an installer does it: a few live tracks of each live camera are labelled
     # live, which calibrates that camera (an uncalibrated camera is strict on purpose: fusion.md)
     calibrate(r, keys, [cam for cam, label in labels.items() if label == "live"])
     wait_for(lambda: settled_verdicts(r, keys) == labels, timeout_s=150, every_s=1)
-    time.sleep(8)  # let the evidence settle; a verdict may still be revised
+    # a verdict may still be revised: each camera's verdict holds while 40 more crops are scored
+    scored = r.xlen(keys.stream(FaceScore))
+    wait_for(lambda: r.xlen(keys.stream(FaceScore)) >= scored + 40 or settled_verdicts(r, keys) != labels,
+             timeout_s=60, every_s=0.5)
     assert settled_verdicts(r, keys) == labels
     assert run.poll() is None
 
@@ -125,7 +142,7 @@ def test_replayed_cameras_get_the_right_decisions(pipeline, r: redis.Redis, pref
     from deploy.grafana.queries import panel_queries
 
     prom_port = free_port()
-    targets = [f"127.0.0.1:{metrics_port + i}" for i in range(METRICS_PORTS)]
+    targets = [f"127.0.0.1:{hb.metrics_port}" for hb in beats]
     prom_cfg = tmp_path / "prometheus.yml"
     prom_cfg.write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -136,9 +153,15 @@ def test_replayed_cameras_get_the_right_decisions(pipeline, r: redis.Redis, pref
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: _up(prom_port) == len(targets), timeout_s=60, every_s=1)
-        time.sleep(12)  # a few scrapes, so rates and histogram quantiles have data
-        empty = [(title, q) for title, q in panel_queries() if not _safe_query(prom_port, q)]
-        assert not empty, f"panels without data: {empty}"
+
+        def empty_panels() -> list[tuple[str, str]]:
+            return [(title, q) for title, q in panel_queries() if not prom_query(prom_port, q)]
+
+        # rates and histogram quantiles have data after a few scrapes
+        try:
+            wait_for(lambda: not empty_panels(), timeout_s=60, every_s=2)
+        except pytest.fail.Exception:
+            pytest.fail(f"panels without data: {empty_panels()}")
     finally:
         prom.terminate()
         prom.wait(10)
@@ -150,6 +173,3 @@ def _up(port: int) -> int:
     except OSError:
         return 0
 
-
-def _safe_query(port: int, q: str) -> list[dict]:
-    return prom_query(port, q)

@@ -101,7 +101,7 @@ class IngestService:
         self.redis = connect(self.settings.redis)
         if not wait_until_up(self.redis, self.who, self.settings.redis.url, self.stop):
             return
-        self.session = int(self.redis.incr(self.keys.camera_session(self.camera.id)))
+        self.session = self._claim_session()
         self.beacon = Beacon(self.redis, self.keys, f"ingest:{self.camera.id}", "ingest", self.metrics_port)
         self.beacon.beat()
         self.pipeline = FacePipeline(self.camera.detect, self.camera.crop)
@@ -124,6 +124,22 @@ class IngestService:
             metrics.CAMERA_UP.labels(self.camera.id).set(0)
             self.beacon.stop()
             log.info("%s: stopped after %d frames", self.who, self.frames)
+
+    def _claim_session(self) -> int:
+        """A number no earlier start of this camera had, so its track ids are new.
+
+        A counter that is not one (a key of another type, not an integer: corrupt state) is
+        replaced by one at the epoch second, above any count of starts it can have held.
+        """
+        key = self.keys.camera_session(self.camera.id)
+        try:
+            return int(self.redis.incr(key))
+        except redis.ResponseError as e:
+            log.warning("%s: %s is not a counter (%s); reset", self.who, key, e)
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.expire(key, 0)
+            pipe.incrby(key, int(time.time()))
+            return int(pipe.execute()[-1])
 
     def capture_loop(self) -> None:
         """Open the source, read until it fails, reopen with capped exponential backoff."""

@@ -227,10 +227,15 @@ def _unwrap(hint: Any) -> tuple[Any, bool]:
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
+def is_id(text: str) -> bool:
+    """Whether ``text`` may be a camera, track or service id: 1-128 of A-Z a-z 0-9 _ . : -."""
+    return _ID.fullmatch(text) is not None
+
+
 def _check_ids(msg: Any) -> None:
     """Camera and track ids end up in keys, metric labels and logs: keep them plain."""
     for name in ("camera", "track"):
-        if not _ID.fullmatch(getattr(msg, name)):
+        if not is_id(getattr(msg, name)):
             raise PoisonMessageError(f"field {name!r}: must be 1-128 of A-Z a-z 0-9 _ . : -")
     label = getattr(msg, "label", None)
     if label is not None and label not in ("live", "spoof"):
@@ -394,7 +399,7 @@ class Heartbeat(Message):
     detail: str = ""
 
     def validate(self) -> None:
-        if not _ID.fullmatch(self.name):
+        if not is_id(self.name):
             raise PoisonMessageError("field 'name': must be 1-128 of A-Z a-z 0-9 _ . : -")
         if self.role not in typing.get_args(Role):
             raise PoisonMessageError(f"field 'role': {self.role[:20]!r} is not a service role")
@@ -404,5 +409,5 @@ class Heartbeat(Message):
 
 __all__ = [
     "Box", "Decision", "EyeSample", "EyeScore", "FaceCrop", "FaceScore", "Heartbeat", "Keys", "Label", "Message",
-    "MessageError", "PoisonMessageError", "Role", "Score", "ServiceState",
+    "MessageError", "PoisonMessageError", "Role", "Score", "ServiceState", "is_id",
 ]

@@ -20,7 +20,7 @@ from typing import cast
 
 import redis
 
-from liveness.contract import Heartbeat, Keys, Role, ServiceState
+from liveness.contract import Heartbeat, Keys, Role, ServiceState, is_id
 from liveness.errors import PoisonMessageError
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class Beacon:
             pipe.expire(key, math.ceil(TTL_S + for_s))
             pipe.zadd(self.keys.services, {self.name: wall})
             pipe.zremrangebyscore(self.keys.services, "-inf", wall - LISTED_S)
+            pipe.zremrangebyscore(self.keys.services, wall + LISTED_S, "+inf")  # no beat comes from the future
         try:
             replies = pipe.execute(raise_on_error=False)
         except redis.RedisError as e:
@@ -96,11 +97,13 @@ class Beacon:
 
 def heartbeats(client: redis.Redis, keys: Keys) -> tuple[list[Heartbeat], list[str]]:
     """The heartbeats of the listed processes, and the names of those listed that stopped beating
-    (crashed, hung or cut off from Redis) without saying so."""
+    (crashed, hung or cut off from Redis) without saying so. Members that cannot be a service's
+    name are not listed."""
     try:
-        names = [n.decode() for n in cast(list[bytes], client.zrange(keys.services, 0, -1))]
+        members = cast(list[bytes], client.zrange(keys.services, 0, -1))
     except redis.ResponseError:  # not a sorted set: the next beat resets it
-        names = []
+        members = []
+    names = [name for name in (m.decode("utf-8", "replace") for m in members) if is_id(name)]
     pipe = client.pipeline(transaction=False)
     for name in names:
         pipe.hgetall(keys.heartbeat(name))

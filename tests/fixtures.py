@@ -80,6 +80,16 @@ def wait_state(r: redis.Redis, keys: Keys, *names: str, state: ServiceState = "r
     return wait_for(reached, timeout_s)
 
 
+def metrics_port(r: redis.Redis, keys: Keys, name: str, timeout_s: float = 60) -> int:
+    """The port a process serves its metrics on, as its heartbeat says (it takes the first free one
+    from the configured port)."""
+    def port() -> int | None:
+        hb = heartbeat(r, keys, name)
+        return hb.metrics_port if hb is not None else None
+
+    return wait_for(port, timeout_s)
+
+
 def metric(port: int, name: str) -> float:
     """Sum of the samples starting with ``name``; 0 while the endpoint is not up yet."""
     try:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from liveness.contract import Decision, FaceScore, Keys, Label
 from liveness.evidence import Policy, TrackEvidence
 from tests.conftest import free_port, wait_for
-from tests.fixtures import fusion_config, metric, send_face_score, start_fusion, stop_process
+from tests.fixtures import fusion_config, metric, send_face_score, start_fusion, stop_process, wait_state
 
 STRUCTURES = ("state", "seen", "open_tracks", "calibration", "calibrated", "accuracy")
 FIELDS = [f.name for f in dataclasses.fields(TrackEvidence)]
@@ -85,11 +85,10 @@ def corrupt(r: redis.Redis, keys: Keys, track: str, where: str, how: str, what: 
 def test_garbage_in_fusion_state_never_stops_fusion(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
     keys = Keys(prefix)
     group = keys.group("fusion")
-    port = free_port()
-    proc = start_fusion(fusion_config(tmp_path, prefix, port))
+    proc = start_fusion(fusion_config(tmp_path, prefix, free_port()))
     examples = iter(range(10_000))
     try:
-        wait_for(lambda: r.exists(keys.stream(FaceScore)) and r.xinfo_groups(keys.stream(FaceScore)), timeout_s=30)
+        port = wait_state(r, keys, "f1")["f1"].metrics_port
 
         @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         @given(corruption())

@@ -14,7 +14,7 @@ import yaml
 
 from liveness.contract import EyeSample, EyeScore, FaceCrop, FaceScore, Keys
 from tests.conftest import NUAA, REDIS_URL, RtspServer, free_port, liveness_cmd, wait_for
-from tests.fixtures import heartbeat, metric, wait_state
+from tests.fixtures import heartbeat, metric, metrics_port, wait_state
 
 SOAK_S = float(os.environ.get("LIVENESS_SOAK_S", "600"))
 """Length of the long soak (LIVENESS_SLOW=1), seconds (the issue asks for 10 minutes)."""
@@ -55,10 +55,9 @@ def test_slow_consumers_keep_streams_bounded_and_ingest_sheds(rtsp: RtspServer, 
     keys = Keys(prefix)
     # the face workers' group exists but nobody consumes: they lag without bound
     r.xgroup_create(keys.stream(FaceCrop), keys.group("face-workers"), id="$", mkstream=True)
-    port = free_port()
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump({
-        "prefix": prefix, "redis": {"url": REDIS_URL}, "metrics": {"port": port, "host": "127.0.0.1"},
+        "prefix": prefix, "redis": {"url": REDIS_URL}, "metrics": {"port": free_port(), "host": "127.0.0.1"},
         "streams": {"maxlen": 300, "max_face_lag": 40},
         "ingest": {"crop_every": 1, "eye_every": 1},  # every frame to both streams: bounds are reached fast
         "cameras": [{"id": "busy", "source": rtsp.url("live")}],
@@ -66,6 +65,7 @@ def test_slow_consumers_keep_streams_bounded_and_ingest_sheds(rtsp: RtspServer, 
     proc = subprocess.Popen(liveness_cmd("ingest", "--config", str(cfg)), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
+        port = metrics_port(r, keys, "ingest:busy")
         wait_for(lambda: metric(port, 'liveness_frames_shed_total{camera="busy"}') > 20, timeout_s=90)
         wait_for(lambda: r.xlen(keys.stream(EyeSample)) >= 300, timeout_s=90)
         rss_start = rss_kb(proc.pid)
@@ -94,10 +94,9 @@ def test_camera_that_never_comes_back_leaves_the_others_alone(rtsp: RtspServer, 
     keys = Keys(prefix)
     other = RtspServer({"gone": rtsp.mounts["photo"]}, free_port())
     other.start()
-    port = free_port()
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump({
-        "prefix": prefix, "redis": {"url": REDIS_URL}, "metrics": {"port": port, "host": "127.0.0.1"},
+        "prefix": prefix, "redis": {"url": REDIS_URL}, "metrics": {"port": free_port(), "host": "127.0.0.1"},
         "cameras": [{"id": "steady", "source": rtsp.url("live")},
                     {"id": "gone", "source": other.url("gone"), "read_timeout_s": 2.0, "open_timeout_s": 2.0}],
     }))

@@ -14,7 +14,8 @@ import yaml
 from liveness.contract import Decision, EyeScore, FaceScore, Keys, Label
 from liveness.evidence import Policy, TrackEvidence
 from tests.conftest import free_port, liveness_cmd, wait_for
-from tests.fixtures import fusion_config, metric, read_decisions, send_face_score, settled, start_fusion, stop_process
+from tests.fixtures import (fusion_config, metric, metrics_port, read_decisions, send_face_score, settled, start_fusion,
+                            stop_process)
 
 
 def test_policy_defaults_decide_as_documented() -> None:
@@ -61,9 +62,9 @@ def test_interleaved_tracks_and_duplicates(r: redis.Redis, prefix: str, tmp_path
 
 def test_labels_move_the_accuracy_gauges(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
     keys = Keys(prefix)
-    port = free_port()
-    proc = start_fusion(fusion_config(tmp_path, prefix, port))
+    proc = start_fusion(fusion_config(tmp_path, prefix, free_port()))
     try:
+        port = metrics_port(r, keys, "f1")
         # camera labels travel with the scores: door has 2 attacks (one accepted) and 1 live
         for frame in range(4):
             send_face_score(r, keys, "door", "a1", frame, 0.96, "spoof")
@@ -94,8 +95,7 @@ def test_live_labels_make_their_camera_stricter_and_never_laxer(r: redis.Redis, 
     (0.5) but not the calibrated one (3 log-odds above the room's live faces). Labels on attacks
     cannot move a camera's neutral point up."""
     keys = Keys(prefix)
-    port = free_port()
-    cfg = fusion_config(tmp_path, prefix, port)
+    cfg = fusion_config(tmp_path, prefix, free_port())
     proc = start_fusion(cfg)
 
     def scores(camera: str, track: str, score: float) -> None:
@@ -106,6 +106,7 @@ def test_live_labels_make_their_camera_stricter_and_never_laxer(r: redis.Redis, 
         return {d.track: d.verdict for d in read_decisions(r, keys)}
 
     try:
+        port = metrics_port(r, keys, "f1")
         for track in ("d1", "d2", "d3"):
             scores("dim", track, 0.0001)
         scores("other", "b0", 0.119)      # an attack on a camera nobody calibrated: accepted
@@ -146,9 +147,9 @@ def test_corrupt_track_state_is_dead_lettered_and_reset(r: redis.Redis, prefix: 
     """A state field that does not parse (an older schema, a partial write, a hostile client): the score
     for that track goes to the dead letters with the reason, the track starts again, fusion goes on."""
     keys = Keys(prefix)
-    port = free_port()
-    proc = start_fusion(fusion_config(tmp_path, prefix, port))
+    proc = start_fusion(fusion_config(tmp_path, prefix, free_port()))
     try:
+        port = metrics_port(r, keys, "f1")
         r.hset(keys.track_state("bad"), mapping={"camera": "cam1", "face_n": "not-a-number"})
         send_face_score(r, keys, "cam1", "bad", 0, 0.97)
         for frame in range(4):

@@ -21,7 +21,7 @@ from liveness.models.evaluate_fused import SequenceResult
 from liveness.workers import jobs
 from liveness.workers.offline import OfflineAnalyzer, TrackResult, _Event
 from tests.conftest import wait_for
-from tests.fixtures import fusion_config, read_decisions, send_face_score, start_fusion, stop_process
+from tests.fixtures import fusion_config, read_decisions, send_face_score, settled, start_fusion, stop_process
 
 SCORES = [0.65] * 10
 """Face scores of one track: 1.73 log-odds of evidence at most, so undecided under the default
@@ -48,9 +48,7 @@ def test_live_fusion_evaluate_and_clip_jobs_decide_alike(r: redis.Redis, prefix:
     try:
         for frame, score in enumerate(SCORES):
             send_face_score(r, keys, "cam", "t", frame, score)
-        group = keys.group("fusion")
-        wait_for(lambda: [g for g in r.xinfo_groups(keys.stream(FaceScore))
-                          if g["name"].decode() == group and not (g["pending"] or g["lag"])], timeout_s=30)
+        wait_for(lambda: settled(r, keys.stream(FaceScore), keys.group("fusion")), timeout_s=30)
     finally:
         stop_process(proc)
     live = [d.verdict for d in read_decisions(r, keys) if d.track == "t"]

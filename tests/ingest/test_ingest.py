@@ -14,7 +14,7 @@ import yaml
 
 from liveness.contract import EyeSample, FaceCrop, Keys
 from tests.conftest import REDIS_URL, RtspServer, free_port, liveness_cmd, wait_for
-from tests.fixtures import metric, wait_state
+from tests.fixtures import metric, metrics_port, wait_state
 
 
 def write_config(tmp_path: Path, prefix: str, cameras: list[dict], metrics_port: int = 0) -> Path:
@@ -95,12 +95,12 @@ def test_a_decided_track_sends_fewer_crops(rtsp: RtspServer, r: redis.Redis, pre
 
 
 def test_reconnects_after_rtsp_server_restart(rtsp: RtspServer, r: redis.Redis, prefix: str, tmp_path: Path) -> None:
-    port = free_port()
     config = write_config(tmp_path, prefix, [{"id": "door", "source": rtsp.url("live"), "read_timeout_s": 2.0}],
-                          metrics_port=port)
+                          metrics_port=free_port())
     proc = start_ingest(config)
     keys = Keys(prefix)
     try:
+        port = metrics_port(r, keys, "ingest:door")
         wait_for(lambda: r.xlen(keys.stream(EyeSample)) >= 10, timeout_s=60)
         rtsp.stop()
         wait_state(r, keys, "ingest:door", state="waiting")  # ingest has seen the stream go
@@ -138,11 +138,12 @@ def test_two_cameras_publish_distinct_tracks(rtsp: RtspServer, r: redis.Redis, p
 
 
 def test_unreachable_source_is_retried_with_a_clear_log(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
-    port = free_port()
     dead = f"rtsp://admin:hunter2@127.0.0.1:{free_port()}/nothing"
-    config = write_config(tmp_path, prefix, [{"id": "gate", "source": dead, "open_timeout_s": 1.0}], metrics_port=port)
+    config = write_config(tmp_path, prefix, [{"id": "gate", "source": dead, "open_timeout_s": 1.0}],
+                          metrics_port=free_port())
     proc = start_ingest(config)
     try:
+        port = metrics_port(r, Keys(prefix), "ingest:gate")
         wait_for(lambda: metric(port, 'liveness_camera_errors_total{camera="gate",kind="open"}') >= 2, timeout_s=40)
         assert proc.poll() is None, "ingest keeps retrying instead of exiting"
     finally:

@@ -13,6 +13,7 @@ import redis
 import yaml
 
 from liveness.contract import EyeSample, EyeScore, FaceCrop, FaceScore, Keys
+from liveness.heartbeat import heartbeats
 from tests.conftest import NUAA, REDIS_URL, RtspServer, free_port, liveness_cmd, wait_for
 from tests.fixtures import heartbeat, metric, metrics_port, wait_state
 
@@ -30,24 +31,6 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process under ``pid``: the pipeline's services are children of its fork server, not of ``run``."""
-    return [p for child in children(pid) for p in (child, *descendants(child))]
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
 
 
 def test_slow_consumers_keep_streams_bounded_and_ingest_sheds(rtsp: RtspServer, r: redis.Redis, prefix: str,
@@ -147,14 +130,21 @@ def test_soak_memory_stays_flat(r: redis.Redis, prefix: str, tmp_path: Path, sec
     def scored(kind: type[FaceScore] | type[EyeScore]) -> set[str]:
         return {kind.from_fields(f).camera for _, f in r.xrevrange(keys.stream(kind), count=500)}
 
+    def services() -> dict[str, int]:
+        """Each service process's pid, from its heartbeat: the 4 cameras' ingest, both workers, fusion."""
+        return {hb.name: hb.pid for hb in heartbeats(r, keys)[0] if hb.role != "supervisor" and hb.state == "ready"}
+
     try:
-        wait_for(lambda: len(scored(FaceScore)) == len(scored(EyeScore)) == 4, timeout_s=180, every_s=1)
-        time.sleep(min(90.0, seconds / 4))  # warm-up: allocator pools and track state at their working size
-        warm = {pid: rss_kb(pid) for pid in descendants(run.pid)}
+        wait_for(lambda: len(services()) == 7 and len(scored(FaceScore)) == len(scored(EyeScore)) == 4,
+                 timeout_s=180, every_s=1)
+        # the soak's own length, not a wait for anything: first a warm-up (allocator pools and track
+        # state reach their working size), then the measured part
+        time.sleep(min(90.0, seconds / 4))
+        pids = services()
+        warm = {pid: rss_kb(pid) for pid in pids.values()}
         time.sleep(seconds)
-        end = {pid: rss_kb(pid) for pid in descendants(run.pid)}
-        assert len(warm) >= 7, "the 4 cameras' ingest, both workers and fusion are measured"
-        assert set(end) == set(warm), "no process died or was restarted"
+        end = {pid: rss_kb(pid) for pid in pids.values()}
+        assert services() == pids, "no process died or was restarted"
         grown = {pid: (warm[pid], end[pid]) for pid in warm if end[pid] > warm[pid] * (1 + growth)}
         assert not grown, f"resident memory grew more than {growth:.0%}: {grown}"
         assert r.xlen(keys.stream(FaceCrop)) <= 10_000 + 100

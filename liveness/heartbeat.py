@@ -79,7 +79,10 @@ class Beacon:
         except redis.RedisError as e:
             self._failures += 1
             self._next = now + min(EVERY_S * 2 ** self._failures, 30.0)
-            log.debug("%s: heartbeat not written (%s)", self.name, type(e).__name__)
+            if isinstance(e, redis.ResponseError):  # refused (e.g. an ACL without these commands): say so
+                log.warning("%s: heartbeat refused by Redis: %s", self.name, e)
+            else:
+                log.debug("%s: heartbeat not written (%s)", self.name, type(e).__name__)
             return
         self._failures = 0
         self._next = now + EVERY_S

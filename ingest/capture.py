@@ -76,24 +76,30 @@ class LatestFrameReader:
         self._frame: Frame | None = None
         self._index = 0
         self._failed = False
+        self._closing = threading.Event()
         self.overwritten = 0
         self._thread = threading.Thread(target=self._loop, name=f"capture:{camera_id}", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
-        while True:
-            ok, image = self._cap.read()
-            ts = time.time()
-            with self._cond:
-                if not ok or image is None:
-                    self._failed = True
+        try:
+            while not self._closing.is_set():
+                ok, image = self._cap.read()
+                ts = time.time()
+                with self._cond:
+                    if not ok or image is None:
+                        self._failed = True
+                        self._cond.notify_all()
+                        return
+                    if self._frame is not None:
+                        self.overwritten += 1
+                    self._frame = Frame(self._index, ts, image)
+                    self._index += 1
                     self._cond.notify_all()
-                    return
-                if self._frame is not None:
-                    self.overwritten += 1
-                self._frame = Frame(self._index, ts, image)
-                self._index += 1
-                self._cond.notify_all()
+        finally:
+            # released by the thread that reads: FFmpeg crashes (SIGSEGV) when a capture is
+            # released from another thread while read() runs
+            self._cap.release()
 
     def get(self, timeout_s: float) -> Frame | None:
         """The newest unread frame; None when the source failed or nothing came in time."""
@@ -111,9 +117,14 @@ class LatestFrameReader:
         """True when a frame is waiting, so writes can be batched with the next one."""
         return self._frame is not None
 
-    def close(self) -> None:
-        self._cap.release()
-        self._thread.join(timeout=2.0)
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop reading and release the source; the thread ends after the read under way (at most
+        the source's read timeout)."""
+        self._closing.set()
+        self._thread.join(timeout=timeout_s)
+        if self._thread.is_alive():
+            log.warning("capture:%s: still in a read after %.0f s; it releases the source when that returns",
+                        self._thread.name.removeprefix("capture:"), timeout_s)
 
 
 class FileReader:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -182,3 +183,24 @@ def test_face_crops_expire_within_the_retention(rtsp: RtspServer, r: redis.Redis
         stop(proc)
     assert age_s <= 2.0 + 1.5, f"oldest crop is {age_s:.1f} s old"
     assert dead_letters == 0
+
+
+CLOSE_MID_READ = """
+import random, sys, time
+from liveness.config import CameraSettings
+from liveness.ingest.capture import LatestFrameReader, open_capture
+camera = CameraSettings(id="door", source=sys.argv[1])
+for _ in range(6):
+    reader = LatestFrameReader(open_capture(camera), camera.id)
+    time.sleep(random.uniform(0.05, 0.4))
+    reader.close()
+print("closed")
+"""
+
+
+def test_a_live_reader_closes_while_its_thread_reads(rtsp: RtspServer) -> None:
+    """What collect and a reconnecting ingest do: closing a camera while its reading thread is in a read
+    (FFmpeg crashed when the capture was released from another thread; in a child, so a crash fails only this)."""
+    res = subprocess.run([sys.executable, "-c", CLOSE_MID_READ, rtsp.url("live")], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and "closed" in res.stdout, (res.returncode, res.stderr[-2000:])

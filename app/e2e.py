@@ -17,7 +17,7 @@ import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import redis
@@ -30,7 +30,7 @@ from liveness.contract import Decision, EyeSample, EyeScore, FaceCrop, FaceScore
 from liveness.errors import LivenessError
 from liveness.heartbeat import heartbeats
 from liveness.redisconn import connect
-from liveness.streams import RawEntry
+from liveness.streams import RawEntry, settled
 from liveness.supervisor import ProcessSpec, Supervisor
 
 if TYPE_CHECKING:
@@ -167,7 +167,7 @@ def _totals(client: redis.Redis, keys: Keys) -> dict[str, float]:
     total: dict[str, float] = {}
     alive, _ = heartbeats(client, keys)
     for hb in alive:
-        if hb.metrics_port and hb.state != "stopped":
+        if hb.metrics_port:
             for k, v in _scrape(hb.metrics_port).items():
                 total[k] = total.get(k, 0.0) + v
     return total
@@ -178,13 +178,7 @@ def _wait_drained(client: redis.Redis, keys: Keys) -> None:
     streams = [keys.stream(m) for m in (FaceCrop, EyeSample, FaceScore, EyeScore)]
     deadline = time.monotonic() + DRAIN_S
     while time.monotonic() < deadline:
-        groups: list[dict[str, Any]] = []
-        for stream in streams:
-            try:
-                groups += client.xinfo_groups(stream)
-            except redis.ResponseError:  # a stream nobody wrote to
-                continue
-        if not any(g.get("pending") or g.get("lag") for g in groups):
+        if all(settled(client, stream) for stream in streams):
             return
         time.sleep(0.2)
     log.warning("bench e2e: queues not drained after %.0f s; losses counted as they are", DRAIN_S)

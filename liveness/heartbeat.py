@@ -45,6 +45,8 @@ class Beacon:
         self.role = role
         self.metrics_port = metrics_port
         self.state: ServiceState = "starting"
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
         self.started_ts = time.time()
         self._next = 0.0
         self._failures = 0
@@ -60,8 +62,8 @@ class Beacon:
             return
         self.state = state or self.state
         wall = time.time()
-        hb = Heartbeat(self.name, self.role, self.state, socket.gethostname(), os.getpid(), self.started_ts, wall,
-                       self.metrics_port, detail)
+        hb = Heartbeat(self.name, self.role, self.state, self.host, self.pid, self.started_ts, wall, self.metrics_port,
+                       detail)
         key = self.keys.heartbeat(self.name)
         pipe = self.redis.pipeline(transaction=True)
         pipe.expire(key, 0)

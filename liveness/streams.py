@@ -304,6 +304,20 @@ class StreamConsumer:
         log.info("%s: stopped", self.name)
 
 
+def settled(client: redis.Redis, stream: str, group: str | None = None) -> bool:
+    """The stream's groups (or the one named) have read and acknowledged everything on it.
+
+    A consumer commits its results with the acknowledgement, in one transaction: once settled,
+    everything the stream's entries lead to is written, and nothing more will come of them.
+    """
+    try:
+        groups: list[dict[str, Any]] = client.xinfo_groups(stream)
+    except redis.ResponseError:  # no such stream yet
+        return False
+    ours = [g for g in groups if group is None or _text(g["name"]) == group]
+    return bool(ours) and not any(g["pending"] or g["lag"] for g in ours)
+
+
 def dead_reason(reason: str) -> str:
     """The ``reason`` label of a dead letter: its kind, before the first colon (``DEAD_REASONS``)."""
     kind = reason.split(":", 1)[0].replace(" ", "_")

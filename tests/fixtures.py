@@ -20,6 +20,7 @@ from liveness.eyes import EyeHistory
 from liveness.evidence import Policy
 from liveness.face import FacePipeline, crop_jpeg
 from liveness.heartbeat import read
+from liveness.streams import settled
 from tests.conftest import REDIS_URL, liveness_cmd, nuaa_sequence, wait_for
 
 SEQUENCES = {"live": "ClientRaw/0001_00_00_01", "spoof": "ImposterRaw/0001_00_00_01"}
@@ -222,19 +223,6 @@ class Services:
 
     def _log_path(self, name: str) -> Path:
         return self.config.parent / f"{name}.log"
-
-
-def settled(r: redis.Redis, stream: str, group: str | None = None) -> bool:
-    """The stream's groups (or the one named) have read and acknowledged everything on it.
-
-    A consumer commits its results with the acknowledgement, in one transaction: once settled,
-    everything the stream's entries lead to is written, and nothing more will come of them.
-    """
-    try:
-        groups = [g for g in r.xinfo_groups(stream) if group is None or g["name"].decode() == group]
-    except redis.ResponseError:
-        return False
-    return bool(groups) and not any(g["pending"] or g["lag"] for g in groups)
 
 
 def drained(r: redis.Redis, keys: Keys) -> bool:

@@ -10,8 +10,9 @@ import redis
 
 from liveness.contract import Decision, EyeSample, EyeScore, FaceCrop, FaceScore, Keys
 from liveness.evidence import TrackEvidence
+from liveness.streams import settled
 from tests.conftest import PrivateRedisServer, wait_for
-from tests.fixtures import FAULT_CLIPS, Services, drained, services_config, settled, wait_state
+from tests.fixtures import FAULT_CLIPS, Services, drained, services_config, wait_state
 
 
 def check_exactly_once(r: redis.Redis, keys: Keys) -> dict[str, list[Decision]]:

@@ -13,8 +13,9 @@ import yaml
 
 from liveness.contract import Decision, EyeScore, FaceScore, Keys, Label
 from liveness.evidence import Policy, TrackEvidence
+from liveness.streams import settled
 from tests.conftest import free_port, liveness_cmd, wait_for
-from tests.fixtures import (fusion_config, metric, metrics_port, read_decisions, send_face_score, settled, start_fusion,
+from tests.fixtures import (fusion_config, metric, metrics_port, read_decisions, send_face_score, start_fusion,
                             stop_process)
 
 

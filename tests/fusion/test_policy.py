@@ -18,10 +18,11 @@ from liveness.errors import ConfigError
 from liveness.evidence import Policy, load_policy
 from liveness.models import evaluate_fused
 from liveness.models.evaluate_fused import SequenceResult
+from liveness.streams import settled
 from liveness.workers import jobs
 from liveness.workers.offline import OfflineAnalyzer, TrackResult, _Event
 from tests.conftest import wait_for
-from tests.fixtures import fusion_config, read_decisions, send_face_score, settled, start_fusion, stop_process
+from tests.fixtures import fusion_config, read_decisions, send_face_score, start_fusion, stop_process
 
 SCORES = [0.65] * 10
 """Face scores of one track: 1.73 log-odds of evidence at most, so undecided under the default

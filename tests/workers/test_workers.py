@@ -13,8 +13,9 @@ import redis
 import yaml
 
 from liveness.contract import EyeSample, EyeScore, FaceCrop, FaceScore, Keys
+from liveness.streams import settled
 from tests.conftest import REDIS_URL, free_port, liveness_cmd, wait_for
-from tests.fixtures import crop_message, metric, real_crops, real_eye_samples, settled, wait_state
+from tests.fixtures import crop_message, metric, real_crops, real_eye_samples, wait_state
 
 
 def config(tmp_path: Path, prefix: str, **worker: object) -> Path:

@@ -153,26 +153,28 @@ def wait_for(predicate, timeout_s: float, every_s: float = 0.2):  # type: ignore
     pytest.fail(f"condition not met within {timeout_s} s")
 
 
-ACL_COMMANDS = " ".join(line for line in (ROOT / "deploy/redis/liveness-commands.acl").read_text().splitlines()
-                        if not line.lstrip().startswith("#"))
-"""What the pipeline's services may run: the deployments' list (README: "Security"); anything else is refused."""
+USERS_ACL = ROOT / "deploy/redis/users-acl.sh"
+"""Writes the deployments' ACL file (README: "Security"): what each user may run, on which keys."""
 
 
 class PrivateRedisServer:
-    """A redis-server of the test's own, with AOF, optionally a password, an ACL user and TLS."""
+    """A redis-server of the test's own, with AOF as the deployments run it (``appendfsync
+    everysec``), optionally with the deployments' ACL file (``acl_prefix``: their key prefix) and TLS."""
 
-    def __init__(self, workdir: Path, tls: bool = False, acl: bool = False) -> None:
+    def __init__(self, workdir: Path, tls: bool = False, acl_prefix: str | None = None) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.tls = tls
-        self.password = "s3cret-" + uuid.uuid4().hex[:8]
+        self.password = "s3cret-" + uuid.uuid4().hex[:16]
         self.args = ["redis-server", "--bind", "127.0.0.1", "--dir", str(self.dir), "--appendonly", "yes",
-                     "--appendfsync", "always", "--save", ""]
-        if acl:
-            self.args += ["--user", "default", "off", "--user", "admin", "on", f">{self.password}", "~*", "&*", "+@all",
-                          "--user", "liveness", "on", f">{self.password}", "~*", "resetchannels", "-@all",
-                          *ACL_COMMANDS.split()]
+                     "--appendfsync", "everysec", "--save", ""]
+        if acl_prefix is not None:
+            env = {"PATH": os.environ["PATH"], "LIVENESS_PREFIX": acl_prefix,
+                   "LIVENESS_REDIS_PASSWORD": self.password, "REDIS_ADMIN_PASSWORD": self.password}
+            acl = subprocess.run(["sh", str(USERS_ACL)], env=env, capture_output=True, text=True, check=True)
+            (self.dir / "users.acl").write_text(acl.stdout)
+            self.args += ["--aclfile", str(self.dir / "users.acl")]
         if tls:
             self.ca = make_certificates(self.dir)
             self.args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.dir / "server.crt"),
@@ -180,7 +182,7 @@ class PrivateRedisServer:
                           "--tls-auth-clients", "no"]
         else:
             self.args += ["--port", str(self.port)]
-        self.acl = acl
+        self.acl = acl_prefix is not None
         self.proc: subprocess.Popen[bytes] | None = None
 
     def url(self, user: str = "liveness") -> str:
@@ -207,6 +209,12 @@ class PrivateRedisServer:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, no shutdown; what Redis wrote to its AOF before replying is all that is left."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
 
 
 def _pings(client: redis.Redis) -> bool:

@@ -1,6 +1,8 @@
 #!/bin/sh
 # Prints a Redis ACL file (redis-server --aclfile) for the liveness deployments:
-#   default   off: a client that does not log in can do nothing;
+#   default   off and without a password: no client can log in as it. Its rights stay whole
+#             because Redis replays the append-only file as this user: with -@all it refuses
+#             every MULTI/EXEC on restart and drops what they wrote (redis/redis#14541);
 #   admin     every command, for operators (INFO, ACL SETUSER to rotate passwords, ...);
 #   liveness  the services (and KEDA): only the commands of liveness-commands.acl, only keys
 #             under the key prefix (LIVENESS_PREFIX, default liveness).
@@ -22,6 +24,6 @@ check() {
 check LIVENESS_REDIS_PASSWORD "${LIVENESS_REDIS_PASSWORD:-}"
 check REDIS_ADMIN_PASSWORD "${REDIS_ADMIN_PASSWORD:-}"
 commands=$(grep -v '^[[:space:]]*#' "$(dirname "$0")/liveness-commands.acl" | tr -s ' \t\n' '   ' | sed 's/^ //; s/ $//')
-echo "user default off resetpass -@all"
+echo "user default off resetpass ~* &* +@all"
 echo "user admin on >$REDIS_ADMIN_PASSWORD ~* &* +@all"
 echo "user liveness on >$LIVENESS_REDIS_PASSWORD ~${LIVENESS_PREFIX:-liveness}:* resetchannels -@all $commands"

@@ -228,7 +228,7 @@ def test_no_redis_in_the_manifests_answers_without_a_password(k8s_secrets: dict,
         mount = next(m for m in container["volumeMounts"] if acl_path.startswith(m["mountPath"] + "/"))
         volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
         users = k8s_secrets[volume["secret"]["secretName"]][acl_path.rsplit("/", 1)[1]]
-        assert "user default off resetpass -@all" in users.splitlines() and "nopass" not in users
+        assert "user default off resetpass ~* &* +@all" in users.splitlines() and "nopass" not in users
         (tmp_path / str(i)).mkdir()
         server = k8s_redis(pod, container, k8s_secrets, tmp_path / str(i))
         manifest_redis.append(server)

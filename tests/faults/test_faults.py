@@ -1,12 +1,14 @@
 """Faults, with real processes and a real Redis of the test's own (AOF on): killed services,
-a restarted Redis, and Redis with an ACL user and TLS."""
+a crashed Redis under the deployments' ACL, and Redis with an ACL user and TLS."""
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+import signal
 from pathlib import Path
 
 import redis
+import yaml
 
 from liveness.contract import Decision, EyeSample, EyeScore, FaceCrop, FaceScore, Keys
 from liveness.evidence import TrackEvidence
@@ -79,34 +81,65 @@ def test_killing_each_service_mid_run_loses_and_repeats_nothing(private_redis: P
     assert not any("Traceback" in log for log in svc.logs.values())
 
 
-def test_redis_restart_mid_run(private_redis: PrivateRedisServer, prefix: str, tmp_path: Path) -> None:
-    r = private_redis.client()
+def snapshot(r: redis.Redis, keys: Keys) -> tuple[dict[bytes, dict[bytes, bytes]], dict[str, TrackEvidence]]:
+    """The decisions (entry id -> fields) and fusion's track states, as Redis holds them now."""
+    decisions = {i: f for i, f in r.xrange(keys.stream(Decision))}
+    tracks = {Decision.from_fields(f).track for f in decisions.values()}
+    tracks |= {FaceScore.from_fields(f).track for _, f in r.xrange(keys.stream(FaceScore))}
+    states = {t: TrackEvidence.from_hash(r.hgetall(keys.track_state(t))) for t in tracks}
+    return decisions, {t: ev for t, ev in states.items() if ev.face_n or ev.eye_n}
+
+
+def test_redis_crash_mid_run_under_the_shipped_acl_loses_and_repeats_nothing(prefix: str, tmp_path: Path) -> None:
+    """Redis with the deployments' ACL file and AOF settings, SIGKILLed mid-run and started again:
+    it replays its AOF (as user ``default``), and every decision, track state and acknowledgement
+    written before the crash is there; the run goes on, and nothing is decided twice."""
+    server = PrivateRedisServer(tmp_path / "redis", acl_prefix=prefix)
+    server.start()
+    r = server.client()
     keys = Keys(prefix)
-    svc = Services(services_config(tmp_path, prefix, {"live-a": FAULT_CLIPS["live-a"]}), private_redis.env())
+    config = services_config(tmp_path, prefix, {"live-a": FAULT_CLIPS["live-a"], "photo": FAULT_CLIPS["photo"]})
+    settings = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**settings, "streams": {"crop_retention_s": 3600}}))  # every crop stays to be counted
+    svc = Services(config, server.env())
     try:
         svc.start_scoring()
         wait_state(r, keys, "fusion", "face", "eye")
         svc.start("ingest", "ingest", "--loop")
-        wait_for(lambda: r.exists(keys.stream(Decision)) and r.xlen(keys.stream(FaceScore)) >= 20, timeout_s=60)
-        before = {k: r.xlen(k) for k in (keys.stream(FaceScore), keys.stream(Decision))}
-        delivered = _entry(r.xinfo_groups(keys.stream(FaceCrop))[0]["last-delivered-id"])
-        private_redis.stop()
+        wait_for(lambda: r.exists(keys.stream(Decision)) and r.xlen(keys.stream(Decision)) >= 2
+                 and r.xlen(keys.stream(FaceScore)) >= 40, timeout_s=90)
+        decisions, states = snapshot(r, keys)
+        delivered = {g["name"]: _entry(g["last-delivered-id"]) for g in r.xinfo_groups(keys.stream(FaceCrop))}
+        server.kill()
         # Redis stays down until every service has met the outage
         wait_for(lambda: all("Redis unavailable" in svc.log(name) for name in ("fusion", "face", "eye"))
                  and "Redis write failed" in svc.log("ingest"), timeout_s=60)
-        private_redis.start()
-        r = private_redis.client()
-        for k, n in before.items():
-            assert r.xlen(k) >= n, f"{k}: results written before the restart survived (AOF)"
-        assert _entry(r.xinfo_groups(keys.stream(FaceCrop))[0]["last-delivered-id"]) >= delivered, "group state kept"
-        wait_for(lambda: r.xlen(keys.stream(FaceScore)) > before[keys.stream(FaceScore)] + 20, timeout_s=60)
+        server.start()
+        r = server.client()
+        after, after_states = snapshot(r, keys)
+        lost = [i for i, f in decisions.items() if after.get(i) != f]
+        assert not lost, f"{len(lost)} of {len(decisions)} decisions lost in the crash"
+        for track, ev in states.items():
+            now = after_states.get(track)
+            assert now is not None and (now.face_n, now.eye_n, now.decisions) >= (ev.face_n, ev.eye_n, ev.decisions), \
+                f"{track}: fusion's state went back in the crash"
+        for g in r.xinfo_groups(keys.stream(FaceCrop)):
+            assert _entry(g["last-delivered-id"]) >= delivered[g["name"]], "group state kept"
+        before = r.xlen(keys.stream(FaceScore))
+        wait_for(lambda: r.xlen(keys.stream(FaceScore)) > before + 20, timeout_s=60)
         wait_state(r, keys, "fusion", "face", "eye", "ingest:live-a")  # each says it is back at work
         assert all(p.poll() is None for p in svc.procs.values()), "every service carried on"
+        svc.procs["ingest"].send_signal(signal.SIGTERM)
+        wait_for(lambda: svc.procs["ingest"].poll() is not None, timeout_s=40)
+        wait_for(lambda: drained(r, keys), timeout_s=90, every_s=1)
+        svc.stop_all()
+        check_exactly_once(r, keys)
     finally:
         svc.stop_all()
+        server.stop()
     logs = "".join(svc.logs.values())
-    assert "Traceback" not in logs
-    assert private_redis.password not in logs
+    assert "Traceback" not in logs and "NOPERM" not in logs
+    assert server.password not in logs
 
 
 def _entry(entry_id: bytes) -> tuple[int, int]:
@@ -115,7 +148,7 @@ def _entry(entry_id: bytes) -> tuple[int, int]:
 
 
 def test_acl_user_and_tls(tmp_path: Path, prefix: str) -> None:
-    server = PrivateRedisServer(tmp_path / "secure", tls=True, acl=True)
+    server = PrivateRedisServer(tmp_path / "secure", tls=True, acl_prefix=prefix)
     server.start()
     r = server.client()
     keys = Keys(prefix)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from liveness.errors import LivenessError
+from liveness.video import video_fps
 
 if TYPE_CHECKING:  # imported where used: the datasets module loads what serving does not need
     from liveness.models.datasets import Sequence
@@ -34,21 +35,24 @@ SYSTEM_PYTHON = os.environ.get("LIVENESS_SYSTEM_PYTHON", "/usr/bin/python3")
 
 SERVER = Path(__file__).with_name("rtsp_server.py")
 
-KEYFRAME_EVERY = 15
-"""Frames between keyframes of the replayed streams (what a camera's GOP would be)."""
+KEYFRAME_EVERY_S = 1.0
+"""Seconds between keyframes of the replayed streams (what a camera's GOP would be)."""
 
 
 def mount_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)[:60]
 
 
-def stage_frames(sequence: Sequence, dest: Path, fps: float) -> str:
-    """The sequence encoded once to H.264, one access unit per file, numbered from 0.
+def stage_frames(sequence: Sequence, dest: Path, fps: float) -> tuple[str, float]:
+    """The sequence encoded once to H.264, one access unit per file, numbered from 0; and its rate.
 
     The RTSP server loops these files without re-encoding, so serving N cameras costs almost
     nothing: a real camera encodes on its own hardware, and a benchmark on this machine should
-    measure the pipeline, not the camera simulator. Frame 0 is a keyframe and every keyframe
-    repeats SPS/PPS, so the loop restarts cleanly and a client can join at any keyframe.
+    measure the pipeline, not the camera simulator. Image sequences play at ``fps``; a video at its
+    own rate, upright (phones record rotation as metadata) and at constant rate. Frame 0 is a
+    keyframe and every keyframe repeats SPS/PPS, so the loop restarts cleanly and a client can join
+    at any keyframe. Quality is constant (CRF), not a bitrate, so large frames are not smeared;
+    no B-frames, so the server can stamp each unit in file order.
     """
     if shutil.which("ffmpeg") is None:
         raise LivenessError("replay: needs ffmpeg to encode the cameras (apt-get install ffmpeg)")
@@ -57,13 +61,16 @@ def stage_frames(sequence: Sequence, dest: Path, fps: float) -> str:
         for i, frame in enumerate(sequence.frames):
             (dest / f"{i:05d}.jpg").symlink_to(frame.resolve())
         source = ["-framerate", f"{fps}", "-start_number", "0", "-i", str(dest / "%05d.jpg")]
+        rate = fps
     else:
         source = ["-i", str(sequence.video)]
-    subprocess.run(["ffmpeg", "-loglevel", "error", *source, "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2",
+        rate = video_fps(sequence.video)
+    subprocess.run(["ffmpeg", "-loglevel", "error", *source, "-vf", f"fps={rate},scale=trunc(iw/2)*2:trunc(ih/2)*2",
                     "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
-                    "-g", str(KEYFRAME_EVERY), "-bf", "0", "-b:v", "3000k", "-x264-params", "repeat-headers=1",
-                    "-f", "image2", "-start_number", "0", str(dest / "%05d.h264")], check=True)
-    return str(dest / "%05d.h264")
+                    "-g", str(max(1, round(rate * KEYFRAME_EVERY_S))), "-bf", "0", "-crf", "18",
+                    "-x264-params", "repeat-headers=1", "-f", "image2", "-start_number", "0", str(dest / "%05d.h264")],
+                   check=True)
+    return str(dest / "%05d.h264"), rate
 
 
 class Replay:
@@ -77,8 +84,8 @@ class Replay:
         mounts = []
         for seq in sequences:
             name = mount_name(seq.name)
-            pattern = stage_frames(seq, workdir / name, fps)
-            mounts.append(f"{name}={pattern}@{fps}")
+            pattern, rate = stage_frames(seq, workdir / name, fps)
+            mounts.append(f"{name}={pattern}@{rate}")
             self.cameras.append({"id": name, "source": f"rtsp://{host}:{port}/{name}", "label": seq.label})
         self.proc = subprocess.Popen([SYSTEM_PYTHON, str(SERVER), "--port", str(port), "--address", host, *mounts],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

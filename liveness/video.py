@@ -15,6 +15,20 @@ DEFAULT_FPS = 30.0
 """Frame rate assumed when a file states none that is plausible (1-240)."""
 
 
+def plausible_fps(fps: float) -> float:
+    """A file's stated frame rate, or ``DEFAULT_FPS`` when it states none that is plausible."""
+    return fps if 1.0 <= fps <= 240.0 else DEFAULT_FPS
+
+
+def video_fps(path: Path) -> float:
+    """The frame rate a video file states (``DEFAULT_FPS`` when none is plausible or it cannot be opened)."""
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    try:
+        return plausible_fps(cap.get(cv2.CAP_PROP_FPS)) if cap.isOpened() else DEFAULT_FPS
+    finally:
+        cap.release()
+
+
 def read_video(path: Path, max_frames: int | None = None) -> Iterator[tuple[float, np.ndarray]]:
     """Yield ``(seconds since start, BGR frame)`` upright: phones record rotation as metadata.
 
@@ -27,8 +41,7 @@ def read_video(path: Path, max_frames: int | None = None) -> Iterator[tuple[floa
             log.warning("video: cannot open %s, skipped", path)
             return
         cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        fps = fps if 1.0 <= fps <= 240.0 else DEFAULT_FPS
+        fps = plausible_fps(cap.get(cv2.CAP_PROP_FPS))
         i = 0
         while max_frames is None or i < max_frames:
             ok, img = cap.read()

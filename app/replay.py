@@ -49,7 +49,8 @@ def stage_frames(sequence: Sequence, dest: Path, fps: float) -> tuple[str, float
     The RTSP server loops these files without re-encoding, so serving N cameras costs almost
     nothing: a real camera encodes on its own hardware, and a benchmark on this machine should
     measure the pipeline, not the camera simulator. Image sequences play at ``fps``; a video at its
-    own rate, upright (phones record rotation as metadata) and at constant rate. Frame 0 is a
+    own rate, upright (phones record rotation as metadata) and at constant rate. An odd width or
+    height loses its last column or row (4:2:0 needs even sizes), nothing is resampled. Frame 0 is a
     keyframe and every keyframe repeats SPS/PPS, so the loop restarts cleanly and a client can join
     at any keyframe. Quality is constant (CRF), not a bitrate, so large frames are not smeared;
     no B-frames, so the server can stamp each unit in file order.
@@ -65,7 +66,7 @@ def stage_frames(sequence: Sequence, dest: Path, fps: float) -> tuple[str, float
     else:
         source = ["-i", str(sequence.video)]
         rate = video_fps(sequence.video)
-    subprocess.run(["ffmpeg", "-loglevel", "error", *source, "-vf", f"fps={rate},scale=trunc(iw/2)*2:trunc(ih/2)*2",
+    subprocess.run(["ffmpeg", "-loglevel", "error", *source, "-vf", f"fps={rate},crop=trunc(iw/2)*2:trunc(ih/2)*2:0:0",
                     "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
                     "-g", str(max(1, round(rate * KEYFRAME_EVERY_S))), "-bf", "0", "-crf", "18",
                     "-x264-params", "repeat-headers=1", "-f", "image2", "-start_number", "0", str(dest / "%05d.h264")],

@@ -9,7 +9,7 @@ import pytest
 
 from liveness.errors import ModelError
 from liveness.onnx import MAX_MODEL_BYTES
-from liveness.workers.runners import OnnxModel
+from liveness.workers.runners import SLICE, OnnxModel
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
@@ -53,6 +53,14 @@ def test_loads_metadata_and_scores_both_layouts(tmp_path: Path) -> None:
     np.testing.assert_allclose(scores, [0, 1, 0, 0], atol=1e-6)
     np.testing.assert_allclose(model.predict(nhwc.transpose(0, 3, 1, 2)), scores)
     assert model.predict(np.zeros((0, 3, 112, 112))).shape == (0,)
+
+
+def test_a_batch_larger_than_a_slice_scores_each_sample_in_order(tmp_path: Path) -> None:
+    model = OnnxModel(mean_model(tmp_path / "m.onnx"), max_batch=3 * SLICE)
+    batch = np.random.default_rng(0).integers(0, 256, (2 * SLICE + 3, 80, 160, 3)).astype(np.uint8)
+    scores = model.predict(batch)
+    assert scores.shape == (len(batch),)
+    np.testing.assert_allclose(scores, batch.reshape(len(batch), -1).mean(axis=1) / 255.0, rtol=1e-5)
 
 
 def test_rejects_missing_and_corrupt_files(tmp_path: Path) -> None:

@@ -35,11 +35,16 @@ V1SE = Widths(stage3=(13, 26, 13, 52), stage4=(154, 52, 26, 52, 26, 26), stage5=
 
 
 class PReLU(nn.PReLU):
-    """PReLU written as ``relu(x) - a * relu(-x)``: the same values and tensor, but onnxruntime runs
-    these elementwise ops in its blocked layout, where its own PRelu cost 45 % of the model's time."""
+    """PReLU written as ``max(x, a * x)``, exact for slopes up to 1 (the pretrained ones lie in
+    -0.36..0.59), else as ``relu(x) - a * relu(-x)``: the same values and tensor, but onnxruntime's
+    own PRelu cost 45 % of the model's time, and the max form, two elementwise passes instead of
+    five, cost 4-9 % less a crop than the relu form (2026-12-03, batches of 1 and 8)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x) - self.weight.view(1, -1, 1, 1) * torch.relu(-x)
+        a = self.weight.view(1, -1, 1, 1)
+        if bool((self.weight <= 1).all()):
+            return torch.maximum(x, a * x)
+        return torch.relu(x) - a * torch.relu(-x)
 
 
 class ConvBn(nn.Sequential):

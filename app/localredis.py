@@ -71,10 +71,3 @@ class PrivateRedis:
             self._proc.wait(10)
         self._dir.cleanup()
 
-
-def answers(url: str) -> bool:
-    """True when a Redis answers at ``url`` within a second."""
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1, retry=no_retry()).ping())
-    except redis.RedisError:
-        return False

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
+import secrets
 import tempfile
 import threading
 import time
@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from liveness.app.demo import write_clip
-from liveness.app.localredis import PrivateRedis, answers
+from liveness.app.localredis import PrivateRedis
 from liveness.config import Settings, load_settings
 from liveness.contract import Decision, Keys
 from liveness.fusion.decisions import tail
@@ -35,8 +35,6 @@ from liveness.workers.face import serve_face_worker
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
-
 
 def demo_cameras(tmp: Path) -> list[dict[str, object]]:
     """The printed-photo demo camera, and the webcam when the machine has one."""
@@ -49,7 +47,9 @@ def demo_cameras(tmp: Path) -> list[dict[str, object]]:
 
 def effective_settings(config: str | None, stack: ExitStack, tmp: Path, *, preview: bool = False,
                        cameras: list[dict[str, object]] | None = None) -> tuple[Settings, bool]:
-    """The config to run: the user's, or the demo's; with a private Redis when none answers.
+    """The config to run: the user's, or the demo's; with a private Redis unless one is configured
+    (any password-less Redis on the default port could be anyone's: it would read the crops and
+    could forge decisions); with a decision key made up for this run unless one is configured.
 
     Also says whether it runs the demo camera, a file that loops.
     """
@@ -63,11 +63,12 @@ def effective_settings(config: str | None, stack: ExitStack, tmp: Path, *, previ
         data["cameras"] = demo_cameras(tmp)
     if preview:
         data["preview"]["enabled"] = True
-    configured = config is not None and settings.redis.url != DEFAULT_REDIS or "LIVENESS_REDIS__URL" in os.environ
-    if not configured and not answers(settings.redis.url):
+    if "url" not in settings.redis.model_fields_set:
         local = PrivateRedis()
         stack.callback(local.close)
         data["redis"]["url"] = local.url
+    if settings.fusion.decision_key is None:
+        data["fusion"]["decision_key"] = secrets.token_urlsafe(32)
     return Settings.model_validate(data), demo_camera
 
 
@@ -99,12 +100,14 @@ def process_specs(settings: Settings, face_workers: int = 1, eye_workers: int = 
 def print_decisions(settings: Settings, stop: threading.Event) -> None:
     """Tail the decisions stream to the terminal."""
     client = connect(settings.redis)
-    for batch in tail(client, Keys(settings.prefix).stream(Decision), "$", follow=True, stop=stop):
+    key = settings.fusion.key()
+    for batch in tail(client, Keys(settings.prefix).stream(Decision), "$", follow=True, stop=stop, key=key):
         for _, d in batch:
             latency = d.decided_ts - d.last_capture_ts
+            forged = "  FORGED (fails fusion's signature)" if key is not None and not d.authentic(key) else ""
             print(f"{time.strftime('%H:%M:%S')}  {d.camera:<14} {d.track:<22} {d.verdict.upper():<6} "
                   f"confidence {d.confidence:.2f}  face {d.face_evidence:+.1f} eye {d.eye_evidence:+.1f}  "
-                  f"{d.frames} frames  latency {latency * 1000:.0f} ms", flush=True)
+                  f"{d.frames} frames  latency {latency * 1000:.0f} ms{forged}", flush=True)
 
 
 def show_table(settings: Settings, stop: threading.Event, every_s: float = 1.0) -> None:
@@ -114,8 +117,11 @@ def show_table(settings: Settings, stop: threading.Event, every_s: float = 1.0) 
     latest: dict[str, Decision] = {}
     latencies: list[float] = []
     next_draw = 0.0
-    for batch in tail(client, Keys(settings.prefix).stream(Decision), follow=True, stop=stop):
+    key = settings.fusion.key()
+    for batch in tail(client, Keys(settings.prefix).stream(Decision), follow=True, stop=stop, key=key):
         for _, d in batch:
+            if key is not None and not d.authentic(key):
+                continue  # logged by tail()
             latest[d.camera] = d
             latencies.append(d.decided_ts - d.last_capture_ts)
         if time.monotonic() < next_draw:

@@ -1,6 +1,9 @@
 """The decisions stream, read in order: ``tail()`` for every reader (``liveness decisions``, and the
 displays of ``liveness run`` and ``liveness demo``), and the ``liveness decisions`` command, which
-prints them as JSON lines, optionally following the stream."""
+prints them as JSON lines, optionally following the stream.
+
+Given fusion's decision key, ``tail()`` flags each decision that fails its signature: anyone who
+can write to the stream can add one, only fusion can sign it (docs/operations.md, "Trust")."""
 
 from __future__ import annotations
 
@@ -30,13 +33,15 @@ READ_COUNT = 100
 
 
 def tail(client: redis.Redis, stream: str, start: str = "0-0", *, follow: bool = False,
-         stop: threading.Event | None = None, until: float | None = None) -> Iterator[list[tuple[str, Decision]]]:
+         stop: threading.Event | None = None, until: float | None = None,
+         key: bytes | None = None) -> Iterator[list[tuple[str, Decision]]]:
     """Batches of (entry id, decision) after ``start`` ("$": only those to come), in stream order.
 
     Without ``follow`` it ends at the stream's end. With it, it waits for new decisions, yielding
     an empty batch every ``BLOCK_MS`` so a display can refresh, until ``stop`` is set or the
     monotonic clock reaches ``until``; Redis outages are then waited out. An entry that does not
-    decode is logged and skipped: one bad entry must not end a reader.
+    decode is logged and skipped: one bad entry must not end a reader. With ``key``, one that fails
+    fusion's signature is logged as forged (``Decision.authentic`` tells the caller).
     """
     pause = stop or threading.Event()
     last = start
@@ -66,9 +71,14 @@ def tail(client: redis.Redis, stream: str, start: str = "0-0", *, follow: bool =
         for entry_id, fields in entries:
             last = entry_id.decode()
             try:
-                batch.append((last, Decision.from_fields(fields)))
+                decision = Decision.from_fields(fields)
             except PoisonMessageError as e:
                 log.warning("decisions: skipped %s: %s", last, e)
+                continue
+            if key is not None and not decision.authentic(key):
+                log.warning("decisions: %s (%s %s %s) FORGED: it fails fusion's signature", last, decision.camera,
+                            decision.track, decision.verdict)
+            batch.append((last, decision))
         yield batch
 
 
@@ -78,11 +88,14 @@ def run(args: argparse.Namespace) -> int:
     stream = Keys(settings.prefix).stream(Decision)
     start = "0-0" if not args.follow or args.from_start else "$"
     until = None if args.timeout is None else time.monotonic() + args.timeout
+    key = settings.fusion.key()
     printed = 0
-    for batch in tail(client, stream, start, follow=args.follow, until=until):
+    for batch in tail(client, stream, start, follow=args.follow, until=until, key=key):
         for entry_id, d in batch:
-            print(json.dumps({"id": entry_id, **asdict(d)}) if args.json else
-                  f"{d.camera:>12} {d.track:>20} {d.verdict:>9} {d.confidence:5.2f} frames={d.frames}", flush=True)
+            authentic = None if key is None else d.authentic(key)
+            flag = " FORGED" if authentic is False else ""
+            print(json.dumps({"id": entry_id, **asdict(d), "authentic": authentic}) if args.json else
+                  f"{d.camera:>12} {d.track:>20} {d.verdict:>9} {d.confidence:5.2f} frames={d.frames}{flag}", flush=True)
             printed += 1
             if args.count is not None and printed >= args.count:
                 return 0

@@ -18,6 +18,8 @@ APCER = Gauge("liveness_apcer", "Attack presentations accepted as live / attacks
 BPCER = Gauge("liveness_bpcer", "Live presentations rejected / live (decided, labelled tracks)", ["camera", "window"])
 ACER = Gauge("liveness_acer", "Mean of APCER and BPCER", ["camera", "window"])
 LABELLED = Gauge("liveness_labelled_tracks", "Decided tracks with ground truth", ["camera", "window", "label"])
+FORGED_DECISIONS = Gauge("liveness_forged_decisions",
+                         "Decisions in the sliding window that fail fusion's signature: written by someone else")
 WEBHOOK_FAILURES = Counter("liveness_webhook_failures_total", "Decisions the webhook did not take after retries")
 CALIBRATION_TRACKS = Gauge("liveness_calibration_tracks", "Live-labelled tracks calibrating a camera's face evidence",
                            ["camera"])

@@ -197,7 +197,7 @@ class FusionConsumer(StreamConsumer):
             face, eye = ev.evidence(f.policy)
             update.decision = Decision(ev.camera, track, verdict, confidence, face, eye, ev.frames,
                                        ev.first_capture_ts, ev.last_capture_ts, now, f.settings.fusion.rule,
-                                       ev.label or None)
+                                       ev.label or None).signed(f.key)
         return update
 
     def queue_writes(self, updates: list[TrackUpdate], reset: list[str], now: float,
@@ -312,6 +312,9 @@ class Fusion:
         self.keys = Keys(settings.prefix)
         self.policy = load_policy(settings.fusion)
         self.webhook = Webhook(settings.fusion.webhook_url, stop)
+        self.key = settings.fusion.key()
+        """Signs each decision; the sliding-window gauges count only decisions that pass its check."""
+        self.forged = 0
         self.baselines: dict[str, float | None] = {}
         """Camera -> calibration (``liveness.evidence.live_baseline``), refreshed from Redis."""
 
@@ -404,13 +407,22 @@ class Fusion:
         window: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
         start_id = f"{int((now - self.settings.fusion.window_s) * 1000)}-0"
         latest: dict[str, Decision] = {}
+        forged = 0
         decisions = cast(list[RawEntry], self.redis.xrange(self.keys.stream(Decision), min=start_id, count=100_000))
         for _, fields in decisions:
             try:
                 d = Decision.from_fields(fields)
             except PoisonMessageError:
                 continue
+            if self.key is not None and not d.authentic(self.key):
+                forged += 1
+                continue
             latest[d.track] = d
+        if forged != self.forged:
+            log.log(logging.WARNING if forged else logging.INFO, "%s: %d decisions of the last %.0f s fail fusion's "
+                    "signature (written by another Redis user)", self.name, forged, self.settings.fusion.window_s)
+        self.forged = forged
+        metrics.FORGED_DECISIONS.set(forged)
         for d in latest.values():
             if d.label:
                 for cam in (d.camera, "all"):

@@ -138,6 +138,18 @@ class FusionSettings(Section):
     track_ttl_s: float = Field(10.0, gt=0, description="A track without results for this long is closed")
     window_s: float = Field(300.0, gt=0, description="Sliding window of the accuracy gauges")
     webhook_url: str | None = Field(None, description="POST every decision here (retried)")
+    decision_key: str | None = Field(None, min_length=16, repr=False, description=(
+        "Key that signs each decision (HMAC-SHA256, field mac); every reader holding it flags a decision "
+        "that fails the check. Fusion alone should hold it (docs/operations.md, Trust). None: unsigned"))
+
+    @field_validator("decision_key", mode="before")
+    @classmethod
+    def _key(cls, key: Any) -> Any:
+        return key if key is None else str(key)  # the environment's YAML may read a key of digits as a number
+
+    def key(self) -> bytes | None:
+        """The decision key as HMAC takes it, None when unset."""
+        return None if self.decision_key is None else self.decision_key.encode()
 
 
 class PreviewSettings(Section):

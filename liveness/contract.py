@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import hmac
 import json
 import math
 import re
@@ -355,11 +357,31 @@ class Decision(Message):
     decided_ts: float
     rule: str
     label: str | None = None
+    mac: str | None = None
+    """HMAC-SHA256 (hex) of every other field under fusion's decision key: anyone else who can
+    write to the stream cannot make a decision that passes ``authentic``. None: unsigned."""
 
     def validate(self) -> None:
         _check_ids(self)
         if self.verdict not in ("live", "spoof", "undecided"):
             raise PoisonMessageError(f"field 'verdict': {self.verdict!r} is not live, spoof or undecided")
+
+    def signed(self, key: bytes | None) -> Decision:
+        """This decision with its ``mac`` under ``key`` (fusion's decision key); unchanged without one."""
+        return self if key is None else dataclasses.replace(self, mac=self._mac(key))
+
+    def authentic(self, key: bytes) -> bool:
+        """Whether fusion, holding ``key``, wrote this decision as it reads now (False: forged or altered)."""
+        return self.mac is not None and hmac.compare_digest(self.mac, self._mac(key))
+
+    def _mac(self, key: bytes) -> str:
+        """HMAC-SHA256 over the encoded fields but ``mac``, in name order, each name and value
+        length-prefixed (4 bytes, big-endian): docs/contract.md, for webhook receivers."""
+        digest = hmac.new(key, digestmod=hashlib.sha256)
+        for name, value in sorted((str(k), v) for k, v in self.to_fields().items() if k != "mac"):
+            for part in (name.encode(), _encode(value)):
+                digest.update(len(part).to_bytes(4, "big") + part)
+        return digest.hexdigest()
 
 
 @dataclass(frozen=True)

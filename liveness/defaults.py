@@ -5,8 +5,9 @@ from pathlib import Path
 
 from liveness.errors import ModelError
 
-SCHEMA_VERSION = 2
-"""Version of the stream contract; bumped when a field changes meaning (2: face crops carry views)."""
+SCHEMA_VERSION = 3
+"""Version of the stream contract; bumped when a field changes meaning (2: face crops carry views;
+3: decisions carry fusion's signature, ``mac``)."""
 
 KEY_PREFIX = "liveness"
 """Prefix of every Redis key, so two installations can share one Redis."""

@@ -154,12 +154,17 @@ def wait_for(predicate, timeout_s: float, every_s: float = 0.2):  # type: ignore
 
 
 USERS_ACL = ROOT / "deploy/redis/users-acl.sh"
-"""Writes the deployments' ACL file (README: "Security"): what each user may run, on which keys."""
+"""Writes the deployments' ACL file (docs/operations.md, "Trust"): what each user may run, on which keys."""
+
+ROLE_USERS = {"ingest": "ingest", "face-worker": "worker", "eye-worker": "worker", "fusion": "fusion"}
+"""The Redis user each service logs in as in the deployments; any other command runs as fusion's
+(``liveness decisions``, ``liveness label``, as in the fusion container)."""
 
 
 class PrivateRedisServer:
     """A redis-server of the test's own, with AOF as the deployments run it (``appendfsync
-    everysec``), optionally with the deployments' ACL file (``acl_prefix``: their key prefix) and TLS."""
+    everysec``), optionally with the deployments' ACL file (``acl_prefix``: their key prefix, each
+    service logging in as its role's user, fusion with a decision key) and TLS."""
 
     def __init__(self, workdir: Path, tls: bool = False, acl_prefix: str | None = None) -> None:
         self.dir = workdir
@@ -167,11 +172,15 @@ class PrivateRedisServer:
         self.port = free_port()
         self.tls = tls
         self.password = "s3cret-" + uuid.uuid4().hex[:16]
+        """The admin's password (or the only one, without ACL)."""
+        self.passwords = {user: f"{user}-{uuid.uuid4().hex[:16]}" for user in ("ingest", "worker", "fusion", "keda")}
+        self.passwords["admin"] = self.password
+        self.decision_key = "key-" + uuid.uuid4().hex
         self.args = ["redis-server", "--bind", "127.0.0.1", "--dir", str(self.dir), "--appendonly", "yes",
                      "--appendfsync", "everysec", "--save", ""]
         if acl_prefix is not None:
             env = {"PATH": os.environ["PATH"], "LIVENESS_PREFIX": acl_prefix,
-                   "LIVENESS_REDIS_PASSWORD": self.password, "REDIS_ADMIN_PASSWORD": self.password}
+                   **{f"REDIS_{user.upper()}_PASSWORD": password for user, password in self.passwords.items()}}
             acl = subprocess.run(["sh", str(USERS_ACL)], env=env, capture_output=True, text=True, check=True)
             (self.dir / "users.acl").write_text(acl.stdout)
             self.args += ["--aclfile", str(self.dir / "users.acl")]
@@ -185,17 +194,22 @@ class PrivateRedisServer:
         self.acl = acl_prefix is not None
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def url(self, user: str = "liveness") -> str:
+    def url(self, user: str = "admin") -> str:
         scheme = "rediss" if self.tls else "redis"
-        auth = f"{user}:{self.password}@" if self.acl else ""
+        auth = f"{user}:{self.passwords[user]}@" if self.acl else ""
         return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
         kwargs = {"ssl_ca_certs": str(self.ca)} if self.tls else {}
         return redis.Redis.from_url(self.url("admin"), **kwargs)
 
-    def env(self) -> dict[str, str]:
-        out = {"LIVENESS_REDIS__URL": self.url()}
+    def env(self, command: str = "fusion") -> dict[str, str]:
+        """The environment a deployment gives ``command`` (a ``liveness`` subcommand): its Redis URL,
+        and fusion's decision key."""
+        user = ROLE_USERS.get(command, "fusion")
+        out = {"LIVENESS_REDIS__URL": self.url(user)}
+        if self.acl and user == "fusion":
+            out["LIVENESS_FUSION__DECISION_KEY"] = self.decision_key
         if self.tls:
             out["LIVENESS_REDIS__SSL_CA_CERTS"] = str(self.ca)
         return out

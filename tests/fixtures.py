@@ -8,6 +8,7 @@ import subprocess
 import time
 import urllib.request
 from functools import lru_cache
+from typing import Callable
 from pathlib import Path
 
 import cv2
@@ -179,9 +180,13 @@ class Services:
     process said (``log``) without a pipe that fills up and blocks it.
     """
 
-    def __init__(self, config: Path, redis_env: dict[str, str]) -> None:
+    def __init__(self, config: Path, redis_env: dict[str, str] | Callable[[str], dict[str, str]]) -> None:
+        """``redis_env``: what each process adds to this environment, or a function of its command
+        giving it (``PrivateRedisServer.env``: each role its own Redis user)."""
         self.config = config
-        self.env = {**os.environ, **redis_env}
+        self.redis_env = redis_env
+        self.env = {**os.environ, **(redis_env("status") if callable(redis_env) else redis_env)}
+        """The environment of a command run beside the services (``liveness status``)."""
         self.procs: dict[str, subprocess.Popen[str]] = {}
         self.logs: dict[str, str] = {}
 
@@ -189,8 +194,10 @@ class Services:
         cmd = liveness_cmd(*args, "--config", str(self.config))
         if args[0] != "ingest":
             cmd += ["--name", name]
+        extra = self.redis_env(args[0]) if callable(self.redis_env) else self.redis_env
         with self._log_path(name).open("w") as out:
-            self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, text=True)
+            self.procs[name] = subprocess.Popen(cmd, env={**os.environ, **extra}, stdout=out, stderr=subprocess.STDOUT,
+                                                text=True)
 
     def start_scoring(self) -> None:
         """Fusion, a face worker and an eye worker: what every camera needs downstream."""

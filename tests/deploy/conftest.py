@@ -21,8 +21,11 @@ from tests.conftest import free_port, wait_for
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 COMPOSE_SECRETS = {
-    "LIVENESS_REDIS_PASSWORD": "compose-liveness-0123456789",
     "REDIS_ADMIN_PASSWORD": "compose-admin-0123456789",
+    "REDIS_INGEST_PASSWORD": "compose-ingest-0123456789",
+    "REDIS_WORKER_PASSWORD": "compose-worker-0123456789",
+    "REDIS_FUSION_PASSWORD": "compose-fusion-0123456789",
+    "LIVENESS_DECISION_KEY": "compose-decision-key-0123456789",
     "GRAFANA_ADMIN_PASSWORD": "compose-grafana-0123456789",
 }
 """What .env.example asks for, filled in."""

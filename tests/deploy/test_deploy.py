@@ -27,6 +27,7 @@ from liveness.app.cli import COMMANDS
 from liveness.config import load_settings
 from liveness.contract import EyeSample, FaceCrop, Keys
 from liveness.defaults import METRICS_PORT
+from tests.conftest import ROLE_USERS
 from tests.deploy.conftest import COMPOSE_SECRETS, K8S, ROOT, by_kind, kustomize, manifests, secret_docs, tool
 
 DEPLOY = ROOT / "deploy"
@@ -44,7 +45,7 @@ DASHBOARD_METRICS = {
     "liveness_stage_latency_seconds_bucket", "liveness_ingest_stage_seconds_bucket",
     "liveness_consumer_lag", "liveness_consumer_pending", "liveness_scored_total", "liveness_batch_size_bucket",
     "liveness_camera_up", "liveness_camera_fps", "liveness_camera_reconnects_total", "liveness_frames_shed_total",
-    "liveness_messages_dead_lettered_total",
+    "liveness_messages_dead_lettered_total", "liveness_forged_decisions",
 }
 """What the dashboard must show (issue 6, deploy/)."""
 
@@ -92,7 +93,10 @@ def test_compose_config_validates(compose: dict, name: str) -> None:
     settings = load_settings(mounts(svc)[CONFIG_IN_CONTAINER], environ=environ)
     url = urlsplit(settings.redis.url)
     assert url.hostname in services, settings.redis.url
-    assert (url.username, url.password) == ("liveness", COMPOSE_SECRETS["LIVENESS_REDIS_PASSWORD"])
+    user = ROLE_USERS[name]
+    assert (url.username, url.password) == (user, COMPOSE_SECRETS[f"REDIS_{user.upper()}_PASSWORD"])
+    key = settings.fusion.decision_key
+    assert key == (COMPOSE_SECRETS["LIVENESS_DECISION_KEY"] if name == "fusion" else None), "fusion alone signs"
     assert settings.metrics.host == "0.0.0.0", "Prometheus scrapes the containers over the compose network"
     assert settings.cameras, "the compose config has a camera"
     for cam in settings.cameras:
@@ -246,14 +250,16 @@ def test_deployment(name: str, k8s_secrets: dict[str, dict[str, str]]) -> None:
     for env in container["env"]:
         ref = env["valueFrom"]["secretKeyRef"]
         assert ref["key"] in k8s_secrets[ref["name"]], f"{name}: env {env['name']}"
-    assert any(e["name"] == "LIVENESS_REDIS__URL" for e in container["env"])
+    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]}
+    assert secrets["LIVENESS_REDIS__URL"] == f"liveness-redis-{ROLE_USERS[name]}", "its role's own Redis user"
+    assert ("LIVENESS_FUSION__DECISION_KEY" in secrets) == (name == "fusion"), "fusion alone signs decisions"
 
 
 def test_configmap_config_validates(tmp_path: Path, k8s_secrets: dict[str, dict[str, str]]) -> None:
     (configmap,) = by_kind("ConfigMap").values()
     path = tmp_path / "config.yaml"
     path.write_text(configmap["data"]["config.yaml"], encoding="utf-8")
-    secret = k8s_secrets["liveness-redis"]
+    secret = k8s_secrets["liveness-redis-fusion"]
     settings = load_settings(path, environ={"LIVENESS_REDIS__URL": secret["url"]})
     assert settings.redis.url == secret["url"] and settings.cameras
     url = urlsplit(secret["url"])

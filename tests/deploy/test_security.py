@@ -1,7 +1,8 @@
 """What the shipped deployments open to the network, and that nothing reaches their Redis without
 a password: the compose file, the Kubernetes manifests with the Secrets make-secrets.sh makes,
 ``liveness run``'s private Redis, and the services themselves logging in against a real Redis:
-as the ACL user of deploy/redis/liveness-commands.acl, and with a wrong password."""
+each as its role's user of deploy/redis/users-acl.sh, which reaches only its own keys and
+commands, and with a wrong password."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import signal
 import socket
 import subprocess
 import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit
 
 import pytest
@@ -22,12 +25,13 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoPermissionError
 from redis.retry import Retry
 
-from liveness.app.localredis import PrivateRedis, answers
+from liveness.app.localredis import PrivateRedis
+from liveness.app.run import effective_settings
 from liveness.config import RedisSettings, Settings
 from liveness.contract import Decision, Keys
 from liveness.metrics import serve
 from liveness.redisconn import connect
-from tests.conftest import free_port, liveness_cmd, make_certificates, wait_for
+from tests.conftest import REDIS_URL, ROLE_USERS, free_port, liveness_cmd, make_certificates, wait_for
 from tests.deploy.conftest import (COMPOSE_SECRETS, ROOT, ManifestRedis, by_kind, compose_config, kustomize,
                                    local_path, make_secrets, manifests)
 from tests.fixtures import FAULT_CLIPS, Services, drained, services_config, wait_state
@@ -36,16 +40,36 @@ LIVENESS_SERVICES = ("ingest", "face-worker", "eye-worker", "fusion")
 BEYOND_THE_LIST = (("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "GET", "*"), ("KEYS", "*"), ("ACL", "LIST"),
                    ("CLIENT", "LIST"), ("SELECT", "1"), ("EVAL", "return 1", "0"), ("SET", "liveness:x", "1"),
                    ("DEL", "liveness:x"))
-"""Commands the services never run: their Redis user must be refused each one."""
+"""Commands the services never run: their Redis users must be refused each one."""
+
+OTHERS_WRITES = {
+    "ingest": (("XADD", "liveness:decisions", "*", "verdict", "live"), ("XADD", "liveness:face-scores", "*", "a", "1"),
+               ("HSET", "liveness:track:t", "verdict", "live"), ("XTRIM", "liveness:decisions", "MAXLEN", "0"),
+               ("XREADGROUP", "GROUP", "g", "c", "STREAMS", "liveness:faces", ">")),
+    "worker": (("XADD", "liveness:decisions", "*", "verdict", "live"), ("XADD", "liveness:faces", "*", "a", "1"),
+               ("HSET", "liveness:track:t", "verdict", "live"), ("XTRIM", "liveness:face-scores", "MAXLEN", "0")),
+    "fusion": (("XADD", "liveness:faces", "*", "a", "1"), ("XADD", "liveness:face-scores", "*", "a", "1"),
+               ("XTRIM", "liveness:decisions", "MAXLEN", "0")),
+    "keda": (("XADD", "liveness:decisions", "*", "verdict", "live"), ("XADD", "liveness:faces", "*", "a", "1"),
+             ("XTRIM", "liveness:faces", "MAXLEN", "0"), ("HGETALL", "liveness:track:t")),
+}
+"""What each role must not do: only fusion writes decisions and track state (docs/operations.md, "Trust")."""
+
+OWN_WRITE = {"ingest": "liveness:faces", "worker": "liveness:face-scores", "fusion": "liveness:decisions"}
+"""A stream each service user adds to."""
 
 
-def refused_beyond_the_list(client: redis.Redis) -> None:
-    for command in BEYOND_THE_LIST:
+def refused_beyond_the_list(client: redis.Redis, user: str) -> None:
+    """``user`` may run its own commands on its own keys, and nothing beyond."""
+    for command in BEYOND_THE_LIST + OTHERS_WRITES[user]:
         with pytest.raises(NoPermissionError):
             client.execute_command(*command)
     with pytest.raises(NoPermissionError):
         client.xadd("other-app:stream", {"a": 1})
-    assert client.xadd("liveness:acl-probe", {"a": 1}), "its own keys are allowed"
+    if user in OWN_WRITE:
+        assert client.xadd(OWN_WRITE[user], {"a": 1}), "its own keys are allowed"
+    else:
+        assert client.xlen("liveness:faces") >= 0, "it reads the lengths"
 
 
 def once(**kwargs: object) -> redis.Redis:
@@ -140,17 +164,18 @@ def test_compose_redis_lets_in_only_its_users(compose: dict, tmp_path: Path, man
     manifest_redis.append(server)
     server.start()
     anonymous_refused(server.port)
-    (url,) = {compose["services"][name]["environment"]["LIVENESS_REDIS__URL"] for name in LIVENESS_SERVICES}
-    client = redis.Redis.from_url(server.url(url))
-    assert client.ping()
-    refused_beyond_the_list(client)
+    for name in LIVENESS_SERVICES:
+        url = compose["services"][name]["environment"]["LIVENESS_REDIS__URL"]
+        client = redis.Redis.from_url(server.url(url))
+        assert client.ping()
+        refused_beyond_the_list(client, ROLE_USERS[name])
     admin = redis.Redis(port=server.port, username="admin", password=COMPOSE_SECRETS["REDIS_ADMIN_PASSWORD"])
     assert admin.config_get("appendonly") == {"appendonly": "yes"}
     health = compose["services"]["redis"]["healthcheck"]["test"]
     assert health[0] == "CMD-SHELL"
     command = health[1].replace("$$", "$")
     assert server.probe(command, env) == 0
-    assert server.probe(command, {**env, "LIVENESS_REDIS_PASSWORD": "wrong-password-0123456789"}) != 0
+    assert server.probe(command, {**env, "REDIS_ADMIN_PASSWORD": "wrong-password-0123456789"}) != 0
 
 
 # --- Kubernetes -----------------------------------------------------------------------------
@@ -206,15 +231,18 @@ def container_env(container: dict, secrets: dict[str, dict[str, str]]) -> dict[s
 
 def test_make_secrets_makes_new_passwords_or_takes_given_ones() -> None:
     first, second = make_secrets(), make_secrets()
-    assert first["liveness-redis"]["password"] != second["liveness-redis"]["password"]
-    assert len(first["liveness-redis"]["password"]) >= 32
-    given = make_secrets(LIVENESS_REDIS_PASSWORD="given-liveness-0123456789",
-                         REDIS_ADMIN_PASSWORD="given-admin-0123456789")
-    assert given["liveness-redis"]["url"] == "redis://liveness:given-liveness-0123456789@redis:6379/0"
+    made = [first[f"liveness-redis-{user}"]["password"] for user in ("ingest", "worker", "fusion", "keda")]
+    made.append(first["liveness-decisions"]["key"])
+    assert len(set(made)) == len(made) and all(len(p) >= 32 for p in made), "a secret of its own for each role"
+    assert first["liveness-redis-fusion"]["password"] != second["liveness-redis-fusion"]["password"]
+    given = make_secrets(REDIS_INGEST_PASSWORD="given-ingest-0123456789", REDIS_ADMIN_PASSWORD="given-admin-0123456789",
+                         LIVENESS_DECISION_KEY="given-key-0123456789")
+    assert given["liveness-redis-ingest"]["url"] == "redis://ingest:given-ingest-0123456789@redis:6379/0"
     assert ">given-admin-0123456789 " in given["redis-users"]["users.acl"]
+    assert given["liveness-decisions"]["key"] == "given-key-0123456789"
     bad = subprocess.run(["sh", str(ROOT / "deploy/k8s/make-secrets.sh")], capture_output=True, text=True,
-                         env={**os.environ, "LIVENESS_REDIS_PASSWORD": "has@an-at-sign-0123456789"})
-    assert bad.returncode != 0 and "LIVENESS_REDIS_PASSWORD may hold only" in bad.stderr
+                         env={**os.environ, "REDIS_WORKER_PASSWORD": "has@an-at-sign-0123456789"})
+    assert bad.returncode != 0 and "REDIS_WORKER_PASSWORD may hold only" in bad.stderr
 
 
 def test_no_redis_in_the_manifests_answers_without_a_password(k8s_secrets: dict, tmp_path: Path,
@@ -234,9 +262,10 @@ def test_no_redis_in_the_manifests_answers_without_a_password(k8s_secrets: dict,
         manifest_redis.append(server)
         server.start()
         anonymous_refused(server.port)
-        client = redis.Redis.from_url(server.url(k8s_secrets["liveness-redis"]["url"]))
-        assert client.ping()
-        refused_beyond_the_list(client)
+        for user in ("ingest", "worker", "fusion", "keda"):
+            client = redis.Redis.from_url(server.url(k8s_secrets[f"liveness-redis-{user}"]["url"]))
+            assert client.ping()
+            refused_beyond_the_list(client, user)
         probe = container["readinessProbe"]["exec"]["command"]
         assert probe[:2] == ["sh", "-c"]
         env = container_env(container, k8s_secrets)
@@ -264,20 +293,21 @@ def test_network_policy_admits_only_liveness_pods_and_keda_to_redis() -> None:
     assert not any(selects(s, {"kubernetes.io/metadata.name": "default"}) for s in namespaces)
 
 
-def test_keda_logs_in_as_the_services_user(k8s_secrets: dict) -> None:
+def test_keda_logs_in_as_its_read_only_user(k8s_secrets: dict) -> None:
     auths = by_kind("TriggerAuthentication")
-    secret = k8s_secrets["liveness-redis"]
+    secret = k8s_secrets["liveness-redis-keda"]
     for scaled in by_kind("ScaledObject").values():
         for trigger in scaled["spec"]["triggers"]:
             refs = {r["parameter"]: secret[r["key"]] for r in auths[trigger["authenticationRef"]["name"]]["spec"]
-                    ["secretTargetRef"] if r["name"] == "liveness-redis"}
-            assert refs == {"username": "liveness", "password": secret["password"], "tls": "disable"}
+                    ["secretTargetRef"] if r["name"] == "liveness-redis-keda"}
+            assert refs == {"username": "keda", "password": secret["password"], "tls": "disable"}
 
 
 def test_tls_component_serves_rediss_with_a_ca_from_a_secret(tmp_path: Path, manifest_redis: list) -> None:
     built = kustomize(ROOT / "deploy" / "k8s", "tls")
     secrets = make_secrets(REDIS_TLS="1")
-    assert secrets["liveness-redis"]["url"].startswith("rediss://") and secrets["liveness-redis"]["tls"] == "enable"
+    assert all(secrets[f"liveness-redis-{user}"]["url"].startswith("rediss://")
+               and secrets[f"liveness-redis-{user}"]["tls"] == "enable" for user in ("ingest", "worker", "fusion", "keda"))
     (tmp_path / "certs").mkdir()
     ca = make_certificates(tmp_path / "certs")
     secrets["redis-tls"] = {"ca.crt": ca.read_text(), "tls.crt": (tmp_path / "certs/server.crt").read_text(),
@@ -289,7 +319,7 @@ def test_tls_component_serves_rediss_with_a_ca_from_a_secret(tmp_path: Path, man
     manifest_redis.append(server)
     server.start()
     with pytest.raises(redis.ConnectionError):
-        once(port=server.port, username="liveness", password=secrets["liveness-redis"]["password"],
+        once(port=server.port, username="fusion", password=secrets["liveness-redis-fusion"]["password"],
              socket_timeout=2).ping()
     anonymous_refused(server.port, ssl=True, ssl_ca_certs=str(ca))
     assert server.probe(container["readinessProbe"]["exec"]["command"][2], container_env(container, secrets)) == 0
@@ -310,21 +340,35 @@ def test_tls_component_serves_rediss_with_a_ca_from_a_secret(tmp_path: Path, man
 
 # --- the services against a real Redis ------------------------------------------------------
 
-def test_services_run_as_the_acl_user_and_nothing_more(k8s_secrets: dict, tmp_path: Path,
-                                                       manifest_redis: list) -> None:
-    """Every service, as compose and Kubernetes run them, under the user of liveness-commands.acl."""
+def role_env(server: ManifestRedis, secrets: dict[str, dict[str, str]], wrong: str | None = None
+             ) -> Callable[[str], dict[str, str]]:
+    """What the manifests give each service: its role's Redis URL (with ``wrong`` for its password),
+    and fusion the decision key."""
+    def env(command: str) -> dict[str, str]:
+        secret = secrets[f"liveness-redis-{ROLE_USERS.get(command, 'fusion')}"]
+        url = secret["url"] if wrong is None else secret["url"].replace(secret["password"], wrong)
+        out = {"LIVENESS_REDIS__URL": server.url(url)}
+        if command == "fusion":
+            out["LIVENESS_FUSION__DECISION_KEY"] = secrets["liveness-decisions"]["key"]
+        return out
+    return env
+
+
+def test_services_run_as_their_users_and_nothing_more(k8s_secrets: dict, tmp_path: Path,
+                                                      manifest_redis: list) -> None:
+    """Every service, as compose and Kubernetes run them, each as its role's user of users-acl.sh;
+    fusion signs every decision."""
     ((pod, container),) = redis_containers(manifests())
     (tmp_path / "redis").mkdir()
     server = k8s_redis(pod, container, k8s_secrets, tmp_path / "redis")
     manifest_redis.append(server)
     server.start()
-    url = server.url(k8s_secrets["liveness-redis"]["url"])
     admin_password = re.search(r"^user admin on >(\S+)", k8s_secrets["redis-users"]["users.acl"], re.M)
     assert admin_password
     admin = redis.Redis(port=server.port, username="admin", password=admin_password[1])
     keys = Keys(Settings().prefix)
     svc = Services(services_config(tmp_path, keys.prefix, {"photo": FAULT_CLIPS["photo"]}),
-                   {"LIVENESS_REDIS__URL": url})
+                   role_env(server, k8s_secrets))
     try:
         svc.start_scoring()
         wait_state(admin, keys, "fusion", "face", "eye")
@@ -338,9 +382,15 @@ def test_services_run_as_the_acl_user_and_nothing_more(k8s_secrets: dict, tmp_pa
     finally:
         svc.stop_all()
     logs = "".join(svc.logs.values())
-    assert "NOPERM" not in logs and "no permissions" not in logs, "the services need no command beyond the list"
-    assert k8s_secrets["liveness-redis"]["password"] not in logs and "Traceback" not in logs
-    refused_beyond_the_list(redis.Redis.from_url(url))
+    assert "NOPERM" not in logs and "no permissions" not in logs, "the services need no command beyond their users'"
+    assert "Traceback" not in logs
+    key = k8s_secrets["liveness-decisions"]["key"].encode()
+    decisions = [Decision.from_fields(f) for _, f in admin.xrange(keys.stream(Decision))]
+    assert decisions and all(d.authentic(key) for d in decisions), "fusion signed every decision"
+    for user in ("ingest", "worker", "fusion"):
+        secret = k8s_secrets[f"liveness-redis-{user}"]
+        assert secret["password"] not in logs
+        refused_beyond_the_list(redis.Redis.from_url(server.url(secret["url"])), user)
 
 
 def test_refused_credentials_are_named_and_retried(k8s_secrets: dict, tmp_path: Path, manifest_redis: list) -> None:
@@ -353,34 +403,38 @@ def test_refused_credentials_are_named_and_retried(k8s_secrets: dict, tmp_path: 
     manifest_redis.append(server)
     server.start()
     wrong = "rotated-password-0123456789"
-    url = server.url(k8s_secrets["liveness-redis"]["url"].replace(k8s_secrets["liveness-redis"]["password"], wrong))
+    env = role_env(server, k8s_secrets, wrong)
     config = services_config(tmp_path, Settings().prefix, {"photo": FAULT_CLIPS["photo"]})
-    env = {**os.environ, "LIVENESS_REDIS__URL": url}
     logs = {name: tmp_path / f"{name}.log" for name in LIVENESS_SERVICES}
     procs = {}
     for name in LIVENESS_SERVICES:
         loop = ["--loop"] if name == "ingest" else []
         with logs[name].open("w") as out:
-            procs[name] = subprocess.Popen(liveness_cmd(name, *loop, "--config", str(config)), env=env, stdout=out,
-                                           stderr=subprocess.STDOUT)
-    failed = "authentication failed for user liveness; retrying in"
+            procs[name] = subprocess.Popen(liveness_cmd(name, *loop, "--config", str(config)),
+                                           env={**os.environ, **env(name)}, stdout=out, stderr=subprocess.STDOUT)
+
+    def failed(name: str) -> str:
+        return f"authentication failed for user {ROLE_USERS[name]}"
+
     try:
-        wait_for(lambda: all(logs[n].read_text().count(failed) >= 3 for n in LIVENESS_SERVICES), timeout_s=120,
+        wait_for(lambda: all(logs[n].read_text().count(failed(n)) >= 3 for n in LIVENESS_SERVICES), timeout_s=120,
                  every_s=1)
         assert all(p.poll() is None for p in procs.values()), "nobody gave up"
         for name in LIVENESS_SERVICES:
-            delays = [float(d) for d in re.findall(re.escape(failed) + r" ([\d.]+) s", logs[name].read_text())]
+            delays = [float(d) for d in re.findall(re.escape(failed(name)) + r"; retrying in ([\d.]+) s",
+                                                   logs[name].read_text())]
             assert delays[:3] == sorted(delays[:3]) and delays[2] > delays[0], f"{name} backs off: {delays}"
         admin_password = re.search(r"^user admin on >(\S+)", k8s_secrets["redis-users"]["users.acl"], re.M)
         assert admin_password
         admin = redis.Redis(port=server.port, username="admin", password=admin_password[1])
-        admin.execute_command("ACL", "SETUSER", "liveness", f">{wrong}")  # the first step of a rotation
+        for user in ("ingest", "worker", "fusion"):
+            admin.execute_command("ACL", "SETUSER", user, f">{wrong}")  # the first step of a rotation
         wait_for(lambda: all("is back" in logs[n].read_text() for n in LIVENESS_SERVICES), timeout_s=30,
                  every_s=0.5)
         wait_for(lambda: admin.exists(Keys(Settings().prefix).stream(Decision)), timeout_s=120)
         seen = {name: len(logs[name].read_text()) for name in LIVENESS_SERVICES}
-        admin.execute_command("ACL", "DELUSER", "liveness")  # closes its connections: every service logs in again
-        wait_for(lambda: all("authentication failed for user liveness" in logs[n].read_text()[seen[n]:]
+        admin.execute_command("ACL", "DELUSER", "ingest", "worker", "fusion")  # closes their connections: all log in again
+        wait_for(lambda: all(failed(n) in logs[n].read_text()[seen[n]:]
                              for n in LIVENESS_SERVICES), timeout_s=60, every_s=0.5)
         assert all(p.poll() is None for p in procs.values()), "nobody gave up"
     finally:
@@ -416,8 +470,28 @@ def test_private_redis_wants_its_generated_password(caplog: pytest.LogCaptureFix
         other.close()
     finally:
         local.close()
-    assert not answers(local.url)
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(local.url, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)).ping()
     assert url.password not in caplog.text and "private Redis" in caplog.text
+
+
+def test_run_takes_its_private_redis_unless_one_is_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bare ``liveness run`` never uses a password-less Redis that happens to answer on the
+    default port (here: the tests' own), and signs its decisions with a key of its own."""
+    monkeypatch.delenv("LIVENESS_REDIS__URL", raising=False)
+    monkeypatch.delenv("LIVENESS_FUSION__DECISION_KEY", raising=False)
+    assert redis.Redis.from_url(REDIS_URL).ping(), "a Redis answers without a password"
+    with ExitStack() as stack:
+        settings, _ = effective_settings(None, stack, tmp_path, cameras=[])
+        url = urlsplit(settings.redis.url)
+        assert url.password and url.port != urlsplit(REDIS_URL).port
+        assert redis.Redis.from_url(settings.redis.url).ping()
+        assert settings.fusion.decision_key
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"redis": {"url": REDIS_URL}, "fusion": {"decision_key": "k" * 20}}))
+    with ExitStack() as stack:
+        settings, _ = effective_settings(str(config), stack, tmp_path, cameras=[])
+        assert settings.redis.url == REDIS_URL and settings.fusion.decision_key == "k" * 20, "the configured ones"
 
 
 def test_metrics_and_preview_listen_on_loopback_by_default() -> None:

@@ -1,5 +1,5 @@
 """Faults, with real processes and a real Redis of the test's own (AOF on): killed services,
-a crashed Redis under the deployments' ACL, and Redis with an ACL user and TLS."""
+a crashed Redis under the deployments' ACL, and Redis with the deployments' users and TLS."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def test_redis_crash_mid_run_under_the_shipped_acl_loses_and_repeats_nothing(pre
     config = services_config(tmp_path, prefix, {"live-a": FAULT_CLIPS["live-a"], "photo": FAULT_CLIPS["photo"]})
     settings = yaml.safe_load(config.read_text())
     config.write_text(yaml.safe_dump({**settings, "streams": {"crop_retention_s": 3600}}))  # every crop stays to be counted
-    svc = Services(config, server.env())
+    svc = Services(config, server.env)
     try:
         svc.start_scoring()
         wait_state(r, keys, "fusion", "face", "eye")
@@ -139,7 +139,7 @@ def test_redis_crash_mid_run_under_the_shipped_acl_loses_and_repeats_nothing(pre
         server.stop()
     logs = "".join(svc.logs.values())
     assert "Traceback" not in logs and "NOPERM" not in logs
-    assert server.password not in logs
+    assert not any(p in logs for p in server.passwords.values())
 
 
 def _entry(entry_id: bytes) -> tuple[int, int]:
@@ -147,12 +147,14 @@ def _entry(entry_id: bytes) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
-def test_acl_user_and_tls(tmp_path: Path, prefix: str) -> None:
+def test_role_users_and_tls(tmp_path: Path, prefix: str) -> None:
+    """The pipeline under the deployments' ACL file, each service as its role's user, over TLS:
+    nothing refused, nothing lost, every decision signed with fusion's key."""
     server = PrivateRedisServer(tmp_path / "secure", tls=True, acl_prefix=prefix)
     server.start()
     r = server.client()
     keys = Keys(prefix)
-    svc = Services(services_config(tmp_path, prefix, {"photo": FAULT_CLIPS["photo"]}), server.env())
+    svc = Services(services_config(tmp_path, prefix, {"photo": FAULT_CLIPS["photo"]}), server.env)
     try:
         svc.start_scoring()
         wait_state(r, keys, "fusion", "face", "eye")
@@ -161,13 +163,15 @@ def test_acl_user_and_tls(tmp_path: Path, prefix: str) -> None:
         wait_for(lambda: svc.procs["ingest"].poll() is not None, timeout_s=60)
         wait_for(lambda: drained(r, keys), timeout_s=60)
         svc.stop_all()
-        check_exactly_once(r, keys)
+        decisions = check_exactly_once(r, keys)
+        key = server.decision_key.encode()
+        assert all(d.authentic(key) for ds in decisions.values() for d in ds), "fusion signed every decision"
     finally:
         svc.stop_all()
         server.stop()
     logs = "".join(svc.logs.values())
-    assert "NOPERM" not in logs and "no permissions" not in logs, "the services need no command beyond the ACL"
-    assert server.password not in logs and "Traceback" not in logs
+    assert "NOPERM" not in logs and "no permissions" not in logs, "each service needs no command beyond its user's"
+    assert not any(p in logs for p in server.passwords.values()) and "Traceback" not in logs
 
 
 def test_services_started_before_redis_wait_for_it(prefix: str, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import redis
@@ -218,6 +219,50 @@ def test_decisions_command_prints_json_lines(r: redis.Redis, prefix: str, tmp_pa
     r.xadd(keys.stream(Label), {"v": b"1"})
 
 
+KEY = "decision-key-0123456789"
+
+
+def signing_config(tmp_path: Path, prefix: str, port: int = 0) -> Path:
+    """``fusion_config`` with fusion's decision key."""
+    cfg = fusion_config(tmp_path, prefix, port)
+    data = yaml.safe_load(cfg.read_text())
+    data["fusion"]["decision_key"] = KEY
+    cfg.write_text(yaml.safe_dump(data))
+    return cfg
+
+
+def test_forged_decisions_are_flagged_by_every_reader(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
+    """Whoever else writes to the decisions stream (a Redis user other than fusion's, or a leaked
+    password without the key) cannot make a decision that passes: ``liveness decisions`` flags it,
+    and fusion's sliding-window gauges leave it out and count it."""
+    keys = Keys(prefix)
+    cfg = signing_config(tmp_path, prefix, free_port())
+    proc = start_fusion(cfg)
+    try:
+        port = metrics_port(r, keys, "f1")
+        for frame in range(4):
+            send_face_score(r, keys, "door", "p1", frame, 0.97, "spoof")
+        wait_for(lambda: read_decisions(r, keys), timeout_s=30)
+        (real,) = read_decisions(r, keys)
+        assert real.verdict == "spoof" and real.authentic(KEY.encode())
+        forged = [replace(real, verdict="live", mac=None),  # unsigned
+                  replace(real, verdict="live").signed(b"another-key-0123456789"),  # signed without fusion's key
+                  replace(real, verdict="live")]  # fusion's decision, altered
+        for d in forged:
+            r.xadd(keys.stream(Decision), d.to_fields())
+        wait_for(lambda: metric(port, "liveness_forged_decisions") == 3, timeout_s=10)
+        assert metric(port, 'liveness_apcer{camera="door",window="sliding"}') == 0.0, "the forged live is left out"
+    finally:
+        stop_process(proc)
+    res = subprocess.run(liveness_cmd("decisions", "--config", str(cfg), "--json"), capture_output=True, text=True,
+                         timeout=60)
+    printed = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [p["authentic"] for p in printed] == [True, False, False, False]
+    assert res.stderr.count("FORGED") == 3
+    res = subprocess.run(liveness_cmd("decisions", "--config", str(cfg)), capture_output=True, text=True, timeout=60)
+    assert [line.endswith("FORGED") for line in res.stdout.splitlines()] == [False, True, True, True]
+
+
 def test_webhook_gets_each_decision_despite_a_failure(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -241,7 +286,7 @@ def test_webhook_gets_each_decision_despite_a_failure(r: redis.Redis, prefix: st
 
     server = HTTPServer(("127.0.0.1", free_port()), Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    cfg = fusion_config(tmp_path, prefix)
+    cfg = signing_config(tmp_path, prefix)
     data = yaml.safe_load(cfg.read_text())
     data["fusion"]["webhook_url"] = f"http://127.0.0.1:{server.server_address[1]}/hook"
     cfg.write_text(yaml.safe_dump(data))
@@ -255,6 +300,7 @@ def test_webhook_gets_each_decision_despite_a_failure(r: redis.Redis, prefix: st
         stop_process(proc)
         server.shutdown()
     assert received[0]["track"] == "w1" and received[0]["verdict"] == "spoof" and calls["n"] == 2
+    assert Decision(**received[0]).authentic(KEY.encode()), "the receiver can check fusion's signature"
 
 
 def test_label_recent_without_tracks_is_a_clear_error(r: redis.Redis, prefix: str, tmp_path: Path) -> None:

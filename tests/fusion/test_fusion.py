@@ -216,7 +216,6 @@ def test_decisions_command_prints_json_lines(r: redis.Redis, prefix: str, tmp_pa
     res = subprocess.run(liveness_cmd("decisions", "--config", cfg, "--json", "--follow",
                                       "--from-start", "--timeout", "2"), capture_output=True, text=True, timeout=60)
     assert len(res.stdout.strip().splitlines()) == 2
-    r.xadd(keys.stream(Label), {"v": b"1"})
 
 
 KEY = "decision-key-0123456789"

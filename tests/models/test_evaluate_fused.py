@@ -47,7 +47,10 @@ def test_eye_per_window(folders: Path, capsys: pytest.CaptureFixture[str]) -> No
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # the windows ingest publishes: one every eye_every (3) frames of the longest track
     assert report["unit"] == "window" and report["n_live"] > 30 and report["n_spoof"] > 15
-    assert 0.0 <= report["auc"] <= 1.0
+    # A window without a blink looks the same live or printed, so windows separate only partly (0.73 with the
+    # shipped model; a constant scores 0.5); the model's sequence rule decides all four sequences rightly.
+    assert report["auc"] > 0.65, report
+    assert (report["sequence_apcer"], report["sequence_bpcer"]) == (0.0, 0.0), report
 
 
 def _result(subject: str, label: str, logit: float, session: str = "01") -> SequenceResult:

@@ -52,7 +52,6 @@ def test_evaluate_eye_reports_per_sequence(tmp_path: Path, capsys: pytest.Captur
         assert key in report
     assert (report["sequence_n_live"], report["sequence_n_spoof"], report["sequence_no_window"]) == (2, 1, 1)
     assert report["no_face"] == 1
-    assert report["sequence_bpcer"] in (0.5, 1.0), "the faceless live entry is rejected, whatever the other"
-    assert report["sequence_apcer"] in (0.0, 1.0)
-    assert report["sequence_acer"] == pytest.approx((report["sequence_apcer"] + report["sequence_bpcer"]) / 2)
+    # the blinking live face is accepted, the faceless live entry rejected, the print refused
+    assert (report["sequence_bpcer"], report["sequence_apcer"], report["sequence_acer"]) == (0.5, 0.0, 0.25), report
     assert report["sequence_rule"] == "quantile 0.25"

@@ -1,4 +1,8 @@
-"""The pretrained pair in the project: strict loading, export, and leave-one-source-out end to end."""
+"""The pretrained pair in the project: strict loading, export, and leave-one-source-out end to end.
+
+The shipped model's check needs onnxruntime only; the others need torch (``.[train]``), and are
+skipped without it, which the default run counts as a failure (tests/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -10,27 +14,30 @@ import cv2
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-safetensors_torch = pytest.importorskip("safetensors.torch")
-
-from liveness.app.cli import main  # noqa: E402
-from liveness.errors import ModelError  # noqa: E402
-from liveness.face import FacePipeline  # noqa: E402
-from liveness.models.face_model import PRETRAINED, WEIGHTS, FaceModel, export_onnx, pretrained_pair  # noqa: E402
-from liveness.models.minifasnet import V2, load  # noqa: E402
-from liveness.workers.runners import FACE_INPUT_SHAPE, OnnxModel  # noqa: E402
-from tests.conftest import SHARED, nuaa_sequence  # noqa: E402
+from liveness.app.cli import main
+from liveness.errors import ModelError
+from liveness.face import FacePipeline
+from liveness.workers.runners import FACE_INPUT_SHAPE, OnnxModel
+from tests.conftest import SHARED, nuaa_sequence
 
 ROOMS = SHARED / "data" / "webcam-sources"
 
 
 def test_the_pretrained_tensors_load_strictly() -> None:
+    pytest.importorskip("torch")
+    from liveness.models.face_model import pretrained_pair
+
     nets = pretrained_pair()
     assert [type(n).__name__ for n in nets] == ["MiniFASNet", "MiniFASNet"]
     assert sum(p.numel() for p in nets[0].state_dict().values()) == 444978  # keys.txt: 334 tensors, 444978 values
 
 
 def test_a_weights_file_with_a_wrong_tensor_is_refused_by_name(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    from liveness.models.face_model import PRETRAINED, WEIGHTS
+    from liveness.models.minifasnet import V2, load
+
     tensors = safetensors_torch.load_file(str(PRETRAINED / WEIGHTS[0][0]))
     cases = {
         "missing": {k: v for k, v in tensors.items() if k != "prob.weight"},
@@ -56,6 +63,9 @@ def real_crops(n: int = 6) -> np.ndarray:
 
 
 def test_the_onnx_export_agrees_with_torch_on_real_crops(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from liveness.models.face_model import FaceModel, export_onnx, pretrained_pair
+
     crops = real_crops()
     rng = np.random.default_rng(0)
     model = FaceModel(pretrained_pair(), rng.normal(0, 0.05, 256), 0.1)
@@ -77,6 +87,7 @@ def test_the_shipped_model_tells_live_faces_from_screen_replays() -> None:
 
 def test_leave_one_source_out_end_to_end_on_a_small_subset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """train face and train fusion on three rooms, a few frames each: every figure from a left-out room."""
+    pytest.importorskip("torch")
     rooms = tmp_path / "rooms"
     rooms.mkdir()
     for name in ("dracarys261", "ramkumarkh", "sudipto"):
@@ -89,6 +100,8 @@ def test_leave_one_source_out_end_to_end_on_a_small_subset(tmp_path: Path, capsy
     assert [r["source"] for r in report["model"]["per_source"]] == ["dracarys261", "ramkumarkh", "sudipto"]
     for key in ("mean_acer", "worst_acer", "worst_source"):
         assert key in report["model"] and key in report["pretrained_pair"]
+    # 22 live and 21 attack frames a room: one error is 0.024 ACER (measured: 0.024 mean, 0.048 worst)
+    assert report["model"]["mean_acer"] <= 0.06 and report["model"]["worst_acer"] <= 0.1, report["model"]
     assert all(r["no_face_live"] == 0 for r in report["model"]["per_source"])
     assert OnnxModel(tmp_path / "face.onnx", input_shape=FACE_INPUT_SHAPE).views == (2.7, 4.0)
     assert sorted(p.name for p in folds.iterdir()) == [f"face_loso_{r}.onnx" for r in ("dracarys261", "ramkumarkh", "sudipto")]
@@ -97,5 +110,6 @@ def test_leave_one_source_out_end_to_end_on_a_small_subset(tmp_path: Path, capsy
                  "--out", str(tmp_path / "fusion.json"), "--json"]) == 0
     fused = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert fused["unit"] == "sequence" and len(fused["held_out"]["per_source"]) == 3
+    assert fused["held_out"]["mean_acer"] <= 0.1 and fused["held_out"]["attacks_accepted"] == 0, fused["held_out"]
     assert fused["calibration_never_accepts_more_attacks"] is True
     assert json.loads((tmp_path / "fusion.json").read_text())["face_threshold"] == fused["shipped_policy"]["face_threshold"]

@@ -8,12 +8,16 @@ import signal
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 import yaml
 
 from liveness.contract import EyeSample, EyeScore, FaceCrop, FaceScore, Keys
+from liveness.defaults import artifact_path
+from liveness.eyes import INPUT_SIZE
 from liveness.streams import settled
+from liveness.workers.runners import FACE_INPUT_SHAPE, OnnxModel
 from tests.conftest import REDIS_URL, free_port, liveness_cmd, wait_for
 from tests.fixtures import crop_message, metric, real_crops, real_eye_samples, wait_state
 
@@ -43,11 +47,13 @@ def stop(proc: subprocess.Popen[str]) -> str:
 
 
 def add_crops(r: redis.Redis, keys: Keys, n: int) -> list[str]:
-    crops = real_crops("live") + real_crops("spoof")
+    """``n`` crops of a live face and of a printed photo in turn, each labelled (scores carry the label)."""
+    crops = [(c, "live") for c in real_crops("live")] + [(c, "spoof") for c in real_crops("spoof")]
     ids = []
     pipe = r.pipeline()
     for i in range(n):
-        pipe.xadd(keys.stream(FaceCrop), crop_message(crops[i % len(crops)], "cam", f"cam:1:{i % 7}", i).to_fields())
+        jpeg, label = crops[i % len(crops)]
+        pipe.xadd(keys.stream(FaceCrop), crop_message(jpeg, "cam", f"cam:1:{i % 7}", i, label).to_fields())
     for entry_id in pipe.execute():
         ids.append(entry_id.decode())
     return ids
@@ -75,7 +81,11 @@ def test_two_face_workers_share_the_stream(r: redis.Redis, prefix: str, tmp_path
     got = scores(r, keys, FaceScore)
     assert sorted(s.source_id for s in got) == sorted(ids), "every crop scored exactly once"
     assert all(d > 0 for d in done) and sum(done) == 400, f"both workers took a share: {done}"
-    assert all(0.0 <= s.score <= 1.0 for s in got) and len({(s.model, s.model_version) for s in got}) == 1
+    assert len({(s.model, s.model_version) for s in got}) == 1
+    threshold = OnnxModel(artifact_path("face.onnx"), input_shape=FACE_INPUT_SHAPE).threshold
+    live, spoof = ([s.score for s in got if s.label == label] for label in ("live", "spoof"))
+    assert len(live) == len(spoof) == 200
+    assert max(live) < threshold <= min(spoof), f"live faces above {threshold} or prints below it: {live} {spoof}"
     assert r.xpending(keys.stream(FaceCrop), keys.group("face-workers"))["pending"] == 0
     assert not any("Traceback" in o for o in outs)
 
@@ -146,7 +156,7 @@ def test_garbage_goes_to_dead_letters(r: redis.Redis, prefix: str, tmp_path: Pat
 def test_eye_worker_scores_windows_and_dead_letters_nan(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
     keys = Keys(prefix)
     cfg = config(tmp_path, prefix)
-    samples = real_eye_samples("live")[:40]
+    samples = real_eye_samples("live") + real_eye_samples("spoof", track="cam:1:2")
     with_window = [s for s in samples if s.window is not None]
     assert 0 < len(with_window) < len(samples)
     for s in samples:
@@ -161,5 +171,10 @@ def test_eye_worker_scores_windows_and_dead_letters_nan(r: redis.Redis, prefix: 
         stop(worker)
     got = scores(r, keys, EyeScore)
     assert len(got) == len(with_window)
-    assert [s.frame for s in got] == [s.frame for s in with_window]
-    assert all(s.model == "eye" and 0 <= s.score <= 1 for s in got)
+    assert [(s.track, s.frame) for s in got] == [(s.track, s.frame) for s in with_window]
+    assert all(s.model == "eye" for s in got)
+    # the model's own sequence rule: a quantile of a track's window scores against its sequence threshold
+    meta = OnnxModel(artifact_path("eye.onnx"), input_shape=(INPUT_SIZE,)).metadata
+    quantile, threshold = float(meta["liveness.sequence_quantile"]), float(meta["liveness.sequence_threshold"])
+    live, spoof = (np.quantile([s.score for s in got if s.label == label], quantile) for label in ("live", "spoof"))
+    assert live < threshold <= spoof, f"the blinking face's {live} or the print's {spoof} on the wrong side of {threshold}"

@@ -23,6 +23,12 @@ SYSTEM_PYTHON = os.environ.get("LIVENESS_SYSTEM_PYTHON", "/usr/bin/python3")
 SLOW = os.environ.get("LIVENESS_SLOW") == "1"
 """Run the tests marked ``slow`` (minutes each, e.g. the 10-minute soak); the default run stays short."""
 
+ALLOWED_SKIPS = ("slow",)
+"""The markers whose tests may be skipped: ``slow`` (opt-in with LIVENESS_SLOW=1). Any other skip, a
+missing tool or package included, fails the run: a test that did not run proved nothing."""
+
+_skips: dict[str, list[str]] = {"allowed": [], "unexpected": []}
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip ``slow`` tests unless LIVENESS_SLOW=1: each has a short counterpart in the default run."""
@@ -32,6 +38,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("slow"):
             item.add_marker(skip)
+
+
+def _record_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    allowed = any(marker in getattr(report, "keywords", {}) for marker in ALLOWED_SKIPS)
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    _skips["allowed" if allowed else "unexpected"].append(f"{report.nodeid}: {reason}")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _record_skip(report)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    _record_skip(report)  # a module that skips itself while imported
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A run with a skip off the allow-list fails, even when every test that ran passed."""
+    if _skips["unexpected"] and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    allowed, unexpected = _skips["allowed"], _skips["unexpected"]
+    terminalreporter.write_sep("-", f"skipped: {len(allowed) + len(unexpected)} ({len(allowed)} allowed: "
+                                    f"{', '.join(ALLOWED_SKIPS)}; {len(unexpected)} unexpected)")
+    for line in unexpected:
+        terminalreporter.write_line(f"unexpected skip (fails the run): {line}", red=True)
 
 
 def free_port() -> int:

@@ -77,7 +77,8 @@ class TrackUpdate:
     labelled: bool = False
     live_mean: float | None = None
     """With ``labelled``: the mean face log-odds a live track adds to its camera's calibration (None: leaves it)."""
-    decision: Decision | None = None
+    decisions: list[Decision] = field(default_factory=list)
+    """Each change of verdict, in the order of the scores that brought it."""
     latencies: list[float] = field(default_factory=list)
 
 
@@ -186,18 +187,14 @@ class FusionConsumer(StreamConsumer):
             ev.camera = ev.camera or sc.camera
             ev.label = ev.label or (sc.label or "")
             # ignored below: a score's stream, so kind is face or eye, not label
-            ev.add(self.kind, sc.score, sc.capture_ts, f.policy, f.baselines.get(ev.camera))  # type: ignore[arg-type]
+            change = ev.step(self.kind, sc.score, sc.capture_ts, f.policy,  # type: ignore[arg-type]
+                             f.baselines.get(ev.camera), f.settings.fusion.rule, now)
             update.latencies.append(max(0.0, now - sc.scored_ts))
-        verdict, confidence = ev.decide(f.policy, f.settings.fusion.rule)
-        if verdict != "undecided" and verdict != ev.verdict:
-            ev.verdict = verdict
-            ev.decisions += 1
-            if not ev.first_decision_ts:
-                ev.first_decision_ts = now
-            face, eye = ev.evidence(f.policy)
-            update.decision = Decision(ev.camera, track, verdict, confidence, face, eye, ev.frames,
-                                       ev.first_capture_ts, ev.last_capture_ts, now, f.settings.fusion.rule,
-                                       ev.label or None).signed(f.key)
+            if change is not None:
+                face, eye = ev.evidence(f.policy)
+                update.decisions.append(Decision(ev.camera, track, change.verdict, change.confidence, face, eye,
+                                                 ev.frames, ev.first_capture_ts, ev.last_capture_ts, now,
+                                                 f.settings.fusion.rule, ev.label or None).signed(f.key))
         return update
 
     def queue_writes(self, updates: list[TrackUpdate], reset: list[str], now: float,
@@ -219,9 +216,8 @@ class FusionConsumer(StreamConsumer):
                 else:
                     pipe.zadd(keys.calibration(u.state.camera), {u.track: u.live_mean})
                     pipe.sadd(keys.calibrated, u.state.camera)
-            if u.decision is not None:
-                pipe.xadd(keys.stream(Decision), u.decision.to_fields(),
-                          maxlen=settings.streams.maxlen, approximate=True)
+            for d in u.decisions:
+                pipe.xadd(keys.stream(Decision), d.to_fields(), maxlen=settings.streams.maxlen, approximate=True)
         for track in reset:
             reset_keys(pipe, keys.track_state(track), keys.seen(track))
 
@@ -234,16 +230,19 @@ class FusionConsumer(StreamConsumer):
             metrics.DUPLICATES.labels(self.kind).inc(u.duplicates)
             for latency in u.latencies:
                 STAGE_LATENCY.labels("score_to_fusion").observe(latency)
-            d = u.decision
-            if d is None:
-                continue
-            metrics.DECISIONS.labels(d.camera, d.verdict).inc()
-            metrics.PIPELINE_LATENCY.labels(d.camera).observe(max(0.0, d.decided_ts - d.last_capture_ts))
-            if u.state.decisions == 1:
-                metrics.TIME_TO_DECISION.labels(d.camera).observe(max(0.0, d.decided_ts - d.first_capture_ts))
-            log.info("fusion: %s %s -> %s (%.2f, face %.2f, eye %.2f, %d frames)", d.camera, d.track, d.verdict,
-                     d.confidence, d.face_evidence, d.eye_evidence, d.frames)
-            self.fusion.webhook.send(d)
+            first = u.state.decisions - len(u.decisions) == 0
+            for i, d in enumerate(u.decisions):
+                self.decided(d, first and i == 0)
+
+    def decided(self, d: Decision, first: bool) -> None:
+        """A committed decision's metrics, log line and webhook."""
+        metrics.DECISIONS.labels(d.camera, d.verdict).inc()
+        metrics.PIPELINE_LATENCY.labels(d.camera).observe(max(0.0, d.decided_ts - d.last_capture_ts))
+        if first:
+            metrics.TIME_TO_DECISION.labels(d.camera).observe(max(0.0, d.decided_ts - d.first_capture_ts))
+        log.info("fusion: %s %s -> %s (%.2f, face %.2f, eye %.2f, %d frames)", d.camera, d.track, d.verdict,
+                 d.confidence, d.face_evidence, d.eye_evidence, d.frames)
+        self.fusion.webhook.send(d)
 
     def repair(self, failed: Failed) -> None:
         """Reset the shared keys that refused a write: one of another type, an accuracy count that is not a number."""

@@ -16,6 +16,7 @@ import numpy as np
 import redis
 
 from liveness.contract import Keys
+from liveness.evidence import Shown, read_verdicts
 from liveness.tracking import Track
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class Preview:
         self._jpeg: bytes | None = None
         self._cond = threading.Condition()
         self._next = 0.0
-        self._verdicts: dict[str, tuple[str, float]] = {}
+        self._verdicts: dict[str, Shown] = {}
         self._verdicts_at = 0.0
         self.server = ThreadingHTTPServer((host, port), self._handler())
         self.server.daemon_threads = True
@@ -53,7 +54,7 @@ class Preview:
         frame = image.copy()
         verdicts = self._read_verdicts([t.id for t in tracks], now)
         for t in tracks:
-            verdict, score = verdicts.get(t.id, ("undecided", -1.0))
+            verdict, score = verdicts.get(t.id, Shown("undecided", -1.0))
             x, y, w, h = t.face.box
             colour = COLOURS.get(verdict, COLOURS["undecided"])
             cv2.rectangle(frame, (x, y), (x + w, y + h), colour, 2)
@@ -67,15 +68,11 @@ class Preview:
                 self._jpeg = jpeg.tobytes()
                 self._cond.notify_all()
 
-    def _read_verdicts(self, tracks: list[str], now: float) -> dict[str, tuple[str, float]]:
+    def _read_verdicts(self, tracks: list[str], now: float) -> dict[str, Shown]:
         if now - self._verdicts_at >= VERDICT_EVERY_S and tracks:
             self._verdicts_at = now
             try:
-                pipe = self.client.pipeline(transaction=False)
-                for track in tracks:
-                    pipe.hmget(self.keys.track_state(track), "verdict", "last_face")
-                self._verdicts = {t: (v[0].decode() if v[0] else "undecided", float(v[1]) if v[1] else -1.0)
-                                  for t, v in zip(tracks, pipe.execute())}
+                self._verdicts = read_verdicts(self.client, self.keys, tracks)
             except redis.RedisError:
                 pass  # the view goes on with what it knew
         return self._verdicts

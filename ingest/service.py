@@ -11,7 +11,6 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 
 import cv2
 import redis
@@ -19,16 +18,17 @@ import redis
 from liveness.config import CameraSettings, Settings, load_settings
 from liveness.contract import EyeSample, FaceCrop, Keys
 from liveness.errors import SourceError
-from liveness.eyes import EyeHistory
-from liveness.face import FacePipeline, crop_jpeg
+from liveness.evidence import read_verdicts
+from liveness.face import FacePipeline
 from liveness.heartbeat import Beacon
 from liveness.ingest import metrics
 from liveness.ingest.capture import FileReader, Frame, LatestFrameReader, describe, is_live, open_capture
 from liveness.ingest.preview import Preview
 from liveness.lifecycle import stop_on_signals
 from liveness.metrics import serve
-from liveness.pacing import FramePacer, sends
+from liveness.pacing import FramePacer
 from liveness.redisconn import connect, failure, wait_until_up
+from liveness.sampling import Shot, TrackSampler, TrackState
 from liveness.supervisor import ProcessSpec, Supervisor
 from liveness.tracking import FaceTracker, Track
 
@@ -43,10 +43,6 @@ LAG_CHECK_S = 0.5
 TRIM_EVERY_S = 1.0
 """How often ingest trims face crops older than the retention, seconds."""
 
-DECIDED_SLOWDOWN = 4
-"""A track fusion has decided sends a crop this many times less often: its face keeps being
-checked (a verdict can change), but the face workers' time goes to the tracks still undecided."""
-
 OUTBOX_MAX = 64
 """Messages held before a write to Redis is forced."""
 
@@ -55,15 +51,6 @@ OUTBOX_MAX_AGE_S = 0.02
 
 Messages go out as soon as no frame is waiting, so at camera rates every frame is flushed
 at once and batching only happens when ingest is behind (or a file plays with --fast)."""
-
-
-@dataclass
-class TrackState:
-    """What ingest keeps per track: its eye history and how many frames it has been seen in."""
-
-    eyes: EyeHistory = field(default_factory=EyeHistory)
-    frames: int = 0
-    decided: bool = False
 
 
 class IngestService:
@@ -92,19 +79,34 @@ class IngestService:
         self._media_end = 0.0
         self._shedding = False
         self._next_lag_check = 0.0
+        self.lag_check_s = LAG_CHECK_S
+        """How often the face workers' lag and the tracks' verdicts are read, seconds."""
         self._next_trim = 0.0
         self._redis_retry_at = 0.0
         self._redis_backoff = 0.1
 
     def start(self) -> None:
-        """Connect, claim a session for unique track ids, load models, serve metrics, capture."""
+        """Prepare, then capture until stopped (or a file ends)."""
+        if not self.prepare():
+            return
+        try:
+            self.capture_loop()
+        finally:
+            metrics.CAMERA_UP.labels(self.camera.id).set(0)
+            self.beacon.stop()
+            log.info("%s: stopped after %d frames", self.who, self.frames)
+
+    def prepare(self) -> bool:
+        """Connect, claim a session for unique track ids, load models, serve metrics; False when
+        stopped while Redis was still down."""
         self.redis = connect(self.settings.redis)
         if not wait_until_up(self.redis, self.who, self.settings.redis.url, self.stop):
-            return
+            return False
         self.session = self._claim_session()
         self.beacon = Beacon(self.redis, self.keys, f"ingest:{self.camera.id}", "ingest", self.metrics_port)
         self.beacon.beat()
         self.pipeline = FacePipeline(self.camera.detect, self.camera.crop)
+        self.sampler = TrackSampler(self.camera, self.camera.id, self.camera.label)
         counter = iter(range(1, 1 << 62))
         self.tracker = FaceTracker[TrackState](self.pipeline, lambda: f"{self.camera.id}:{self.session}:{next(counter)}")
         cam = self.camera.id
@@ -118,12 +120,7 @@ class IngestService:
             port = preview.port + [c.id for c in self.settings.cameras].index(cam)
             self.preview = Preview(cam, preview.host, port, self.redis, self.keys, preview.fps)
         log.info("%s: source %s, session %d", self.who, describe(self.camera.source), self.session)
-        try:
-            self.capture_loop()
-        finally:
-            metrics.CAMERA_UP.labels(self.camera.id).set(0)
-            self.beacon.stop()
-            log.info("%s: stopped after %d frames", self.who, self.frames)
+        return True
 
     def _claim_session(self) -> int:
         """A number no earlier start of this camera had, so its track ids are new.
@@ -246,63 +243,39 @@ class IngestService:
             return
         self._check_lag(tracks)
         messages: list[FaceCrop | EyeSample] = []
+        shot = Shot(frame.index, frame.capture_ts, media_ts, frame.image)
         for track in tracks:
-            messages.extend(self._messages(track, frame, media_ts))
+            if track.state is None:
+                metrics.TRACKS.labels(cam).inc()
+            metrics.FACES.labels(cam).inc()
+            samples, shed = self.sampler.sample(track, shot, self._shedding)
+            metrics.FRAMES_SHED.labels(cam).inc(shed)
+            messages.extend(s.message for s in samples)
         metrics.STAGE_SECONDS.labels(cam, "crop").observe(time.perf_counter() - t1)
         if not self._outbox:
             self._outbox_since = time.monotonic()
         self._outbox.extend(messages)
 
-    def _messages(self, track: Track[TrackState], frame: Frame, media_ts: float) -> list[FaceCrop | EyeSample]:
-        cam = self.camera.id
-        state = track.state
-        if state is None:
-            state = track.state = TrackState()
-            metrics.TRACKS.labels(cam).inc()
-        metrics.FACES.labels(cam).inc()
-        face = track.face
-        state.eyes.add(media_ts, face.left, face.right)
-        now = time.time()
-        x, y, w, h = face.box
-        box = (int(x), int(y), int(w), int(h))  # numpy integers do not encode as JSON
-        out: list[FaceCrop | EyeSample] = []
-        state.frames += 1
-        if sends(state.frames, self.camera.eye_every):
-            window = state.eyes.window()
-            out.append(EyeSample(
-                cam, track.id, frame.index, frame.capture_ts, now, box, face.left, face.right,
-                state.eyes.open_level, window, state.eyes.rate_hz if window else None, self.camera.label,
-            ))
-        crop_every = self.camera.crop_every * (DECIDED_SLOWDOWN if state.decided else 1)
-        if sends(state.frames, crop_every):
-            if self._shedding:
-                metrics.FRAMES_SHED.labels(cam).inc()
-            else:
-                jpeg = crop_jpeg(frame.image, face.landmarks, self.camera.crop)
-                if jpeg is not None:
-                    out.append(FaceCrop(cam, track.id, frame.index, frame.capture_ts, now, box,
-                                        jpeg, list(self.camera.crop.views), self.camera.label))
-        return out
-
     def _check_lag(self, tracks: list[Track[TrackState]]) -> None:
         """Shed crops while the face workers lag beyond the bound, instead of growing the stream;
-        and learn which open tracks fusion has decided, in the same round trip."""
+        and learn which open tracks fusion has decided, so the sampler slows their crops."""
         now = time.monotonic()
         if now < self._next_lag_check or now < self._redis_retry_at:
             return
-        self._next_lag_check = now + LAG_CHECK_S
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xinfo_groups(self.keys.stream(FaceCrop))
-        for track in tracks:
-            pipe.hmget(self.keys.track_state(track.id), "verdict")
+        self._next_lag_check = now + self.lag_check_s
         try:
-            replies = pipe.execute(raise_on_error=False)
+            groups = self.redis.xinfo_groups(self.keys.stream(FaceCrop))
+        except redis.ResponseError:
+            groups = []  # the stream is not created yet
         except redis.RedisError:
             return
-        groups = replies[0] if isinstance(replies[0], list) else []  # an error: the stream is not created yet
-        for track, reply in zip(tracks, replies[1:]):
-            if track.state is not None and isinstance(reply, list):
-                track.state.decided = reply[0] in (b"live", b"spoof")
+        try:
+            verdicts = read_verdicts(self.redis, self.keys, [t.id for t in tracks])
+        except redis.RedisError:
+            return
+        for track in tracks:
+            if track.state is not None:
+                track.state.decided = verdicts[track.id].decided
         group = self.keys.group("face-workers")
         lag = next((g.get("lag") for g in groups if g.get("name", b"").decode() == group), None)
         shedding = lag is not None and lag > self.settings.streams.max_face_lag

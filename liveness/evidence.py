@@ -25,13 +25,13 @@ import math
 import statistics
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
+import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from liveness.config import FusionSettings
-from liveness.contract import _ID as CONTRACT_ID
-from liveness.contract import Verdict
+from liveness.contract import Keys, Verdict, is_id
 from liveness.defaults import artifact_path
 from liveness.errors import ConfigError, CorruptStateError
 
@@ -197,6 +197,24 @@ class TrackEvidence:
             return "live", confidence
         return "undecided", confidence
 
+    def step(self, kind: Literal["face", "eye"], score: float, capture_ts: float, policy: Policy,
+             baseline: float | None, rule: str, now: float) -> "Change | None":
+        """Count the track's next score and decide: the change of verdict it brings, if any.
+
+        The one stepper from scores to verdicts: fusion steps each score it receives, offline
+        replay each score a camera would have sent, so both reach the same verdicts in the same
+        order. A verdict, once reached, changes only to the other one (never back to undecided).
+        """
+        self.add(kind, score, capture_ts, policy, baseline)
+        verdict, confidence = self.decide(policy, rule)
+        if verdict == "undecided" or verdict == self.verdict:
+            return None
+        self.verdict = verdict
+        self.decisions += 1
+        if not self.first_decision_ts:
+            self.first_decision_ts = now
+        return Change(verdict, confidence)
+
     def to_hash(self) -> dict[FieldT, EncodableT]:
         # fields() and getattr, not asdict(): asdict deep-copies, and was a fifth of fusion's CPU
         out: dict[FieldT, EncodableT] = {}
@@ -233,7 +251,7 @@ class TrackEvidence:
         """What breaks an invariant that ``add`` and ``decide`` keep, if anything."""
         if self.label not in ("", "live", "spoof") or self.verdict not in ("live", "spoof", "undecided"):
             return f"label {self.label[:20]!r} or verdict {self.verdict[:20]!r} unknown"
-        if self.camera and not CONTRACT_ID.fullmatch(self.camera):  # it goes into keys, decisions and metrics
+        if self.camera and not is_id(self.camera):  # it goes into keys, decisions and metrics
             return f"camera {self.camera[:20]!r} is not an id the stream contract allows"
         if min(self.face_n, self.eye_n, self.decisions) < 0:
             return "a negative count"
@@ -251,3 +269,47 @@ class TrackEvidence:
                 or not all(type(c) is int and c >= 0 for c in hist) or sum(hist) != self.eye_n):
             return f"eye_hist is not {EYE_BINS} counts summing to eye_n {self.eye_n}"
         return None
+
+
+class Change(NamedTuple):
+    """A track's verdict changed: the decision event fusion publishes."""
+
+    verdict: Verdict
+    confidence: float
+
+
+class Shown(NamedTuple):
+    """What other services may read of a track's state: its verdict and its last face score."""
+
+    verdict: Verdict
+    last_face: float
+    """The last face score; -1 before the first."""
+
+    @property
+    def decided(self) -> bool:
+        return self.verdict != "undecided"
+
+
+_SHOWN = tuple(Shown._fields)
+assert set(_SHOWN) <= {f.name for f in fields(TrackEvidence)}, "Shown reads fields TrackEvidence writes"
+
+
+def read_verdicts(client: redis.Redis, keys: Keys, tracks: list[str]) -> dict[str, Shown]:
+    """The verdicts of ``tracks`` as fusion keeps them (``to_hash``), in one round trip: how ingest
+    slows a decided track's crops and how the preview colours it, without knowing fusion's fields.
+
+    A track fusion has not seen, or a state that does not parse (a key of another type, a field
+    of garbage), reads as undecided; RedisError when Redis does not answer.
+    """
+    pipe = client.pipeline(transaction=False)
+    for track in tracks:
+        pipe.hmget(keys.track_state(track), list(_SHOWN))
+    out = {}
+    for track, reply in zip(tracks, pipe.execute(raise_on_error=False)):
+        verdict, last_face = reply if isinstance(reply, list) else (None, None)
+        try:
+            score = float(last_face) if last_face is not None else -1.0
+        except ValueError:
+            score = -1.0
+        out[track] = Shown("live" if verdict == b"live" else "spoof" if verdict == b"spoof" else "undecided", score)
+    return out

@@ -90,7 +90,7 @@ def score_sources(nuaa_root: str | None, folders_root: str | None, folds: Path, 
         if kind == "folders":
             for r in results:
                 if r.track is not None:
-                    r.track.events = [e for e in r.track.events if e[2] == "face"]
+                    r.track.events = [e for e in r.track.events if e.kind == "face"]
         out[name] = results
         log.info("train fusion: %s, %d sequences", name, len(results))
     return out

@@ -89,7 +89,7 @@ def subject_half_baselines(results: list[SequenceResult], policy: Policy) -> lis
         subjects = sorted({results[i].subject for i in mine})  # type: ignore[type-var]
         halves = [set(subjects[0::2]), set(subjects[1::2])]
         for half, other in (halves, halves[::-1]):
-            lives = [results[i].track.face_logit_mean for i in mine  # type: ignore[union-attr]
+            lives = [results[i].track.face_logit_mean(policy) for i in mine  # type: ignore[union-attr]
                      if results[i].subject in other and results[i].label == "live" and results[i].track]
             baseline = live_baseline([m for m in lives if m is not None], policy)
             for i in mine:
@@ -168,10 +168,10 @@ def evaluate_eye(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray, 
     results = analyze(dataset.sequences, face, eye_path, Policy(), workers=args.workers)  # scores only
     labels, scores = [], []
     for r in results:
-        for _, _, kind, score in (r.track.events if r.track else []):
-            if kind == "eye":
+        for e in (r.track.events if r.track else []):
+            if e.kind == "eye":
                 labels.append(1 if r.label == "spoof" else 0)
-                scores.append(score)
+                scores.append(e.score)
     if not scores:
         raise LivenessError(f"{args.root}: no eye windows (no face tracked for 1 s anywhere)")
     y, s = np.array(labels), np.array(scores)
@@ -181,7 +181,7 @@ def evaluate_eye(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray, 
     out["no_face"] = sum(r.track is None for r in results)
     out["no_face_live"] = sum(r.track is None and r.label == "live" for r in results)
     out["no_face_spoof"] = sum(r.track is None and r.label == "spoof" for r in results)
-    windows = [np.array([score for _, _, kind, score in (r.track.events if r.track else []) if kind == "eye"])
+    windows = [np.array([e.score for e in (r.track.events if r.track else []) if e.kind == "eye"])
                for r in results]
     out.update(sequence_figures([int(r.label == "spoof") for r in results], windows, eye.metadata, eye.threshold))
     return out, y, s

@@ -31,11 +31,17 @@ class EyeWorker(ScoringWorker):
 
     def prepare(self, msg: Message) -> np.ndarray | None:
         assert isinstance(msg, EyeSample)
-        if msg.window is None:
-            return None
-        if abs((msg.window_rate_hz or 0.0) - WINDOW_RATE_HZ) > 1e-6:
-            raise PoisonMessageError(f"eye window: rate {msg.window_rate_hz} Hz, the model expects {WINDOW_RATE_HZ}")
-        return eye_input(msg.window, msg.open_level)
+        return sample_input(msg)
+
+
+def sample_input(msg: EyeSample) -> np.ndarray | None:
+    """The model's input row of a sample, as the eye worker and offline analysis score it: None
+    without a full window (nothing to score), PoisonMessageError if it cannot be scored."""
+    if msg.window is None:
+        return None
+    if abs((msg.window_rate_hz or 0.0) - WINDOW_RATE_HZ) > 1e-6:
+        raise PoisonMessageError(f"eye window: rate {msg.window_rate_hz} Hz, the model expects {WINDOW_RATE_HZ}")
+    return eye_input(msg.window, msg.open_level)
 
 
 def serve_eye_worker(settings: Settings, *, name: str | None = None, metrics_port: int | None = None) -> None:

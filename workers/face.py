@@ -53,8 +53,14 @@ class FaceWorker(ScoringWorker):
 
     def prepare(self, msg: Message) -> np.ndarray:
         assert isinstance(msg, FaceCrop)
-        check_views(msg.views, self.model.views)
-        return decode_crop(msg.jpeg, self.input_shape, len(msg.views))
+        return crop_input(msg, self.model.views, self.input_shape)
+
+
+def crop_input(msg: FaceCrop, model_views: tuple[float, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """The model's input row of a crop, as the face worker and offline analysis score it;
+    PoisonMessageError if it cannot be scored."""
+    check_views(msg.views, model_views)
+    return decode_crop(msg.jpeg, shape, len(msg.views))
 
 
 def check_views(views: list[float], model_views: tuple[float, ...]) -> None:

@@ -1,12 +1,13 @@
 """One fusion policy loader (``liveness.evidence.load_policy``): live fusion, ``evaluate --model fused``
-and clip jobs decide the same scores alike under a config that overrides a threshold."""
+and clip jobs decide alike under a config that overrides a threshold. That they decide the same
+frames alike is ``tests/e2e/test_one_path.py``; here, that each of them reads the override."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
+import cv2
 import pytest
 import redis
 import yaml
@@ -14,33 +15,46 @@ import yaml
 from liveness.app.cli import main
 from liveness.config import FusionSettings
 from liveness.contract import FaceScore, Keys
+from liveness.defaults import SEQUENCE_FPS
 from liveness.errors import ConfigError
 from liveness.evidence import Policy, load_policy
-from liveness.models import evaluate_fused
-from liveness.models.evaluate_fused import SequenceResult
 from liveness.streams import settled
 from liveness.workers import jobs
-from liveness.workers.offline import OfflineAnalyzer, TrackResult, _Event
-from tests.conftest import wait_for
+from liveness.workers.offline import Event, TrackResult
+from tests.conftest import nuaa_sequence, wait_for
 from tests.fixtures import fusion_config, read_decisions, send_face_score, start_fusion, stop_process
 
 SCORES = [0.65] * 10
 """Face scores of one track: 1.73 log-odds of evidence at most, so undecided under the default
 policy (spoof at 2.0), and a spoof under ``fusion.spoof_threshold: 1.5``."""
 
+LIVE = "ClientRaw/0001_00_00_01"
+"""A live face the default policy accepts; under ``fusion.live_threshold: 12.0`` no face can be
+accepted (evidence is at most face_weight x 3 x face_cap + eye_weight x 3 = 11.4 log-odds)."""
 
-def events() -> list[tuple[float, int, str, float]]:
-    return [(i / 15, i, "face", score) for i, score in enumerate(SCORES)]
 
-
-def test_live_fusion_evaluate_and_clip_jobs_decide_alike(r: redis.Redis, prefix: str, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def overridden(tmp_path: Path, prefix: str) -> Path:
     cfg = fusion_config(tmp_path, prefix)  # fusion.policy: the documented defaults
     data = yaml.safe_load(cfg.read_text())
-    data["fusion"]["spoof_threshold"] = 1.5
-    cfg.write_text(yaml.safe_dump(data))
-    unchanged = TrackResult("t", len(SCORES), 0.0, 1.0, events=events())
+    data["fusion"].update(spoof_threshold=1.5, live_threshold=12.0)
+    path = tmp_path / "overridden.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def evaluated(cfg: Path, root: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """The verdict ``evaluate --model fused`` reaches on the one live sequence under ``root``."""
+    assert main(["evaluate", "--model", "fused", "--config", str(cfg), "--dataset", "folders", "--root", str(root),
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return "undecided" if report["undecided"] else "spoof" if report["errors"] else "live"
+
+
+def test_live_fusion_evaluate_and_clip_jobs_read_the_same_override(r: redis.Redis, prefix: str, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    plain, cfg = fusion_config(tmp_path, prefix), overridden(tmp_path, prefix)
+    unchanged = TrackResult("t", len(SCORES), 0.0, 1.0,
+                            events=[Event(i / 15, i, "face", score, i) for i, score in enumerate(SCORES)])
     unchanged.replay(Policy())
     assert unchanged.verdict == "undecided", "the override decides these scores, not the policy file"
 
@@ -54,23 +68,20 @@ def test_live_fusion_evaluate_and_clip_jobs_decide_alike(r: redis.Redis, prefix:
         stop_process(proc)
     live = [d.verdict for d in read_decisions(r, keys) if d.track == "t"]
 
-    analyzer = jobs.analyzer(str(cfg))
-    monkeypatch.setattr(OfflineAnalyzer, "_score", lambda self, model, rows: SCORES[:len(rows)])
-    job = TrackResult("t", len(SCORES), 0.0, 1.0)
-    analyzer._decide(job, [_Event(ts, frame, kind, np.zeros(1)) for ts, frame, kind, _ in events()])
-
+    frames = nuaa_sequence(LIVE)
     root = tmp_path / "data"
-    (root / "spoof").mkdir(parents=True)
-    (root / "spoof" / "t.jpg").touch()  # the scores below stand for its analysis
-    scored = [SequenceResult("spoof-t", "spoof", None, "sequence", TrackResult("t", len(SCORES), 0.0, 1.0,
-                                                                             events=events()))]
-    monkeypatch.setattr(evaluate_fused, "analyze", lambda *args, **kwargs: scored)
-    assert main(["evaluate", "--model", "fused", "--config", str(cfg), "--dataset", "folders", "--root", str(root),
-                 "--json"]) == 0
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    evaluated = "live" if report["errors"] else "undecided" if report["undecided"] else "spoof"
+    (root / "live" / "seq").mkdir(parents=True)
+    for i, frame in enumerate(frames):
+        (root / "live" / "seq" / f"frame{i}.jpg").symlink_to(frame)
 
-    assert live == ["spoof"] and job.verdict == "spoof" and evaluated == "spoof", (live, job.verdict, report)
+    def job(config: Path) -> str:
+        """The clip job's verdict on the same frames, at the rate ``evaluate`` plays them."""
+        images = ((i / SEQUENCE_FPS, cv2.imread(str(p))) for i, p in enumerate(frames))
+        return jobs.analyzer(str(config)).analyze(images)[0].verdict
+
+    assert (job(plain), evaluated(plain, root, capsys)) == ("live", "live"), "the face is accepted"
+    assert live == ["spoof"]
+    assert (job(cfg), evaluated(cfg, root, capsys)) == ("undecided", "undecided")
 
 
 def test_a_threshold_the_policy_refuses_is_a_config_error(tmp_path: Path) -> None:

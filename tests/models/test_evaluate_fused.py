@@ -14,7 +14,7 @@ from liveness.errors import LivenessError
 from liveness.evidence import Policy
 from liveness.evidence import face_neutral
 from liveness.models.evaluate_fused import SequenceResult, report, subject_half_baselines
-from liveness.workers.offline import TrackResult
+from liveness.workers.offline import Event, TrackResult
 from tests.conftest import nuaa_sequence
 
 
@@ -55,7 +55,7 @@ def test_eye_per_window(folders: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 def _result(subject: str, label: str, logit: float, session: str = "01") -> SequenceResult:
     p = 1 / (1 + math.exp(-logit))
-    track = TrackResult("t", 3, 0.0, 0.2, events=[(0.1 * i, i, "face", p) for i in range(3)])
+    track = TrackResult("t", 3, 0.0, 0.2, events=[Event(0.1 * i, i, "face", p, i) for i in range(3)])
     return SequenceResult(f"{label}-{subject}", label, session, "sequence", track, subject)
 
 

@@ -126,6 +126,9 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, object]:
     frames = after.get("liveness_frames_processed_total", 0) - before.get("liveness_frames_processed_total", 0)
     shed = after.get("liveness_frames_shed_total", 0) - before.get("liveness_frames_shed_total", 0)
     skipped = after.get("liveness_frames_skipped_total", 0) - before.get("liveness_frames_skipped_total", 0)
+    crops = after.get("liveness_crops_published_total", 0) - before.get("liveness_crops_published_total", 0)
+    cpu_s = {name: cpu[name] - marks.cpu.get(name, 0.0) for name in cpu}
+    by_role = {role: sum(v for name, v in cpu_s.items() if _role(name) == role) for role in ROLES}
     return {
         "bench": "e2e", "cameras": args.cameras, "fps": args.fps, "duration_s": args.duration,
         "face_workers": args.face_workers, "eye_workers": args.eye_workers,
@@ -133,9 +136,22 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, object]:
         "skipped": int(skipped), "decisions": len(decisions), "lost": _lost(after, drained),
         "latency_p50_s": _pct(latency, 50), "latency_p95_s": _pct(latency, 95), "latency_p99_s": _pct(latency, 99),
         "time_to_decision_median_s": round(float(np.median(ttd)), 3) if ttd else None,
-        "cpu_s": {name: round(cpu[name] - marks.cpu.get(name, 0.0), 1) for name in cpu},
+        "cpu_s": {name: round(v, 1) for name, v in cpu_s.items()},
         "cpu_cores": os.cpu_count(),
+        "cores_used": round(sum(cpu_s.values()) / args.duration, 3),
+        "cores_per_camera": {role: round(v / args.duration / args.cameras, 4) for role, v in by_role.items()},
+        "crops": int(crops),
+        "face_cpu_ms_per_crop": round(1000.0 * by_role["face"] / crops, 2) if crops else None,
     }
+
+
+ROLES = ("ingest", "face", "eye", "fusion")
+"""What the CPU of a run is split by, in ``cores_per_camera``."""
+
+
+def _role(process: str) -> str:
+    """The role of a supervised process by its name (``app/run.py``: ingest:<camera>, face-worker-1, ...)."""
+    return next((role for role in ROLES if process.startswith(role)), "other")
 
 
 @dataclass

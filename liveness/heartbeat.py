@@ -81,7 +81,9 @@ class Beacon:
         except redis.RedisError as e:
             self._failures += 1
             self._next = now + min(EVERY_S * 2 ** self._failures, 30.0)
-            if isinstance(e, redis.ResponseError):  # refused (e.g. an ACL without these commands): say so
+            if isinstance(e, redis.OutOfMemoryError):
+                log.warning("%s: heartbeat not written: Redis out of memory (maxmemory reached)", self.name)
+            elif isinstance(e, redis.ResponseError):  # refused (e.g. an ACL without these commands): say so
                 log.warning("%s: heartbeat refused by Redis: %s", self.name, e)
             else:
                 log.debug("%s: heartbeat not written (%s)", self.name, type(e).__name__)
@@ -98,6 +100,19 @@ class Beacon:
         """A clean exit: the heartbeat says so for a while and the process leaves the list."""
         self._next = 0.0
         self.beat("stopped")
+
+
+def out_of_memory(client: redis.Redis, keys: Keys) -> bool:
+    """Whether Redis refuses writes for want of memory (maxmemory): then no process can beat, and
+    a silent one may be well. Asked with a write that changes nothing (ZADD XX of a name no
+    process has), which every service's Redis user may run."""
+    try:
+        client.zadd(keys.services, {"": 0}, xx=True)
+    except redis.OutOfMemoryError:
+        return True
+    except redis.RedisError:
+        pass
+    return False
 
 
 def heartbeats(client: redis.Redis, keys: Keys) -> tuple[list[Heartbeat], list[str]]:

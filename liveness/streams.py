@@ -47,6 +47,9 @@ LAG = Gauge("liveness_consumer_lag", "Entries not yet delivered to the group", [
 PENDING = Gauge("liveness_consumer_pending", "Entries delivered but not acknowledged", ["group"])
 CONFLICTS = Counter("liveness_watch_conflicts_total", "Batches handled again because a watched key changed", ["group"])
 REDIS_ERRORS = Counter("liveness_redis_errors_total", "Redis failures seen by a consumer", ["group"])
+OUT_OF_MEMORY = Counter("liveness_redis_out_of_memory_total",
+                        "Commits Redis refused for want of memory (maxmemory); the batch is held and committed later",
+                        ["group"])
 
 Entry = tuple[str, dict[bytes, bytes]]
 """(entry id, fields) of one stream entry."""
@@ -70,6 +73,9 @@ DEAD_REASONS = ("poison", "corrupt_state", "error", "max_deliveries")
 
 WATCH_RETRIES = 20
 """Attempts at a batch while other processes keep changing the keys it watches."""
+
+OOM_RETRY_S = 1.0
+"""Longest wait between two commits of a batch that Redis refused for want of memory, seconds."""
 
 
 @dataclass
@@ -146,6 +152,10 @@ class StreamConsumer:
                 log.warning("%s: Redis unavailable (%s)", self.name, type(e).__name__)
                 ready = False
                 wait_until_up(self.redis, self.name, self.redis_url, self.stop)
+            except redis.OutOfMemoryError:
+                REDIS_ERRORS.labels(self.group).inc()
+                log.warning("%s: Redis out of memory (maxmemory reached); waiting", self.name)
+                self.stop.wait(OOM_RETRY_S)
             except redis.ResponseError as e:
                 REDIS_ERRORS.labels(self.group).inc()
                 if "NOGROUP" in str(e):  # Redis restarted without its data: recreate
@@ -213,9 +223,12 @@ class StreamConsumer:
         return keep
 
     def process(self, entries: list[Entry]) -> None:
-        """Handle and commit a batch, again while a key it watched changed before the commit."""
+        """Handle and commit a batch, again while a key it watched changed before the commit, and
+        while Redis refuses the commit for want of memory (``hold``)."""
         t0 = time.perf_counter()
-        for _ in range(WATCH_RETRIES):
+        conflicts = 0
+        held = False
+        while conflicts < WATCH_RETRIES:
             with self.redis.pipeline(transaction=True) as pipe:
                 self._pipe = pipe
                 try:
@@ -223,15 +236,38 @@ class StreamConsumer:
                     self.commit(outcome, entries, pipe)
                 except redis.WatchError:
                     CONFLICTS.labels(self.group).inc()
+                    conflicts += 1
                     continue
+                except redis.OutOfMemoryError:
+                    if not held:
+                        log.warning("%s: Redis out of memory (maxmemory reached): batch of %d held until it "
+                                    "takes the commit", self.name, len(entries))
+                    held = True
+                    if self.hold(entries):
+                        continue
+                    return
                 finally:
                     self._pipe = None
+            if held:
+                log.info("%s: Redis took the held batch of %d", self.name, len(entries))
             for effect in outcome.after:
                 effect()
             BATCH.labels(self.group).observe(len(entries))
             HANDLE_SECONDS.labels(self.group).observe(time.perf_counter() - t0)
             return
         log.warning("%s: batch of %d left for redelivery after %d conflicts", self.name, len(entries), WATCH_RETRIES)
+
+    def hold(self, entries: list[Entry]) -> bool:
+        """Redis refused a commit for want of memory: nothing of it was written. Keep the batch:
+        wait, then claim it again without counting a delivery (XCLAIM JUSTID, which also resets
+        its idle time, so no other consumer reclaims it), for another commit; running out of
+        memory is neither a delivery nor a dead letter. False once ``stop`` is set: the batch
+        stays pending, for redelivery."""
+        OUT_OF_MEMORY.labels(self.group).inc()
+        if self.stop.wait(min(OOM_RETRY_S, self.min_idle_ms / 4000.0)):
+            return False
+        self.redis.xclaim(self.stream, self.group, self.name, 0, [i for i, _ in entries], justid=True)
+        return True
 
     def watch(self, *keys: str) -> None:
         """From ``handle()``, before reading ``keys``: if one changes before the commit, the batch is handled again."""
@@ -250,8 +286,11 @@ class StreamConsumer:
             pipe.multi()
         self.queue_commit(pipe, outcome, entries)
         queued = [args for args, _ in pipe.command_stack]
-        replies = pipe.execute(raise_on_error=False)
+        replies = pipe.execute(raise_on_error=False)  # raises what Redis refused at queueing (OOM): nothing written
         PROCESSED.labels(self.group).inc(len(entries) - len(outcome.dead))
+        for entry_id, reason in outcome.dead.items():  # counted once written, never for a refused commit
+            DEAD.labels(self.group, dead_reason(reason)).inc()
+            log.warning("%s: dead-lettered %s: %s", self.name, entry_id, reason[:200])
         failed = [(args, reply) for args, reply in zip(queued, replies) if isinstance(reply, redis.ResponseError)]
         if failed:
             self.repair(failed)
@@ -266,8 +305,6 @@ class StreamConsumer:
                     b"reason": reason[:DEAD_REASON_MAX].encode(), b"group": self.group.encode()}
             dead.update({b"f:" + k: v for k, v in fields_by_id.get(entry_id, {}).items()})
             pipe.xadd(self.keys.dead(self.stream), dead, maxlen=self.dead_maxlen, approximate=True)
-            DEAD.labels(self.group, dead_reason(reason)).inc()
-            log.warning("%s: dead-lettered %s: %s", self.name, entry_id, reason[:200])
         if outcome.dead and self.dead_retention_s:  # dead crops are biometric data too
             min_id = int((time.time() - self.dead_retention_s) * 1000)
             pipe.xtrim(self.keys.dead(self.stream), minid=min_id, approximate=False)

@@ -36,7 +36,7 @@ p=${LIVENESS_PREFIX:-liveness}
 login="resetkeys resetchannels -@all +ping +auth +hello"
 tx="+multi +exec +discard +unwatch"
 beat="(~$p:heartbeat:* ~$p:services +expire +hset +hgetall +zadd +zrem +zrange +zremrangebyscore)"
-group="+xreadgroup +xack +xautoclaim +xpending +xgroup|create +xinfo|groups"
+group="+xreadgroup +xack +xautoclaim +xclaim +xpending +xgroup|create +xinfo|groups"
 echo "user default off resetpass ~* &* +@all"
 echo "user admin on >$REDIS_ADMIN_PASSWORD ~* &* +@all"
 echo "user ingest on >$REDIS_INGEST_PASSWORD $login $tx $beat" \

@@ -4,17 +4,22 @@ a crashed Redis under the deployments' ACL, and Redis with the deployments' user
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+import json
 import signal
+import subprocess
+import time
 from pathlib import Path
 
+import pytest
 import redis
 import yaml
 
 from liveness.contract import Decision, EyeSample, EyeScore, FaceCrop, FaceScore, Keys
 from liveness.evidence import TrackEvidence
 from liveness.streams import settled
-from tests.conftest import PrivateRedisServer, wait_for
-from tests.fixtures import FAULT_CLIPS, Services, drained, services_config, wait_state
+from tests.conftest import PrivateRedisServer, liveness_cmd, wait_for
+from tests.fixtures import (FAULT_CLIPS, Services, crop_message, drained, real_crops, services_config,
+                            wait_state)
 
 
 def check_exactly_once(r: redis.Redis, keys: Keys) -> dict[str, list[Decision]]:
@@ -193,3 +198,47 @@ def test_services_started_before_redis_wait_for_it(prefix: str, tmp_path: Path) 
         server.stop()
     logs = "".join(svc.logs.values())
     assert "not answering" in logs and "Traceback" not in logs
+
+
+def test_redis_out_of_memory_is_neither_a_delivery_nor_a_dead_letter(tmp_path: Path, prefix: str) -> None:
+    """Two face workers read crops, and Redis refuses their commits for want of memory for several
+    reclaim periods: each holds its batch, claiming it without counting a delivery; `liveness
+    status` says Redis is out of memory. Once memory is back, every crop is scored once, and none
+    was delivered twice or dead-lettered."""
+    server = PrivateRedisServer(tmp_path / "redis", acl_prefix=prefix)
+    server.start()
+    r = server.client()
+    keys = Keys(prefix)
+    svc = Services(services_config(tmp_path, prefix, {}), server.env)
+    crops = [crop_message(jpeg, "cam", f"cam:1:{i % 3}", i) for i, jpeg in enumerate(real_crops("live", 24))]
+    try:
+        svc.start("face-a", "face-worker")
+        svc.start("face-b", "face-worker")
+        wait_state(r, keys, "face-a", "face-b")
+        for name in ("face-a", "face-b"):  # the crops wait for them, and memory runs out before they read
+            svc.procs[name].send_signal(signal.SIGSTOP)
+        ids = [r.xadd(keys.stream(FaceCrop), crop.to_fields()).decode() for crop in crops]
+        r.config_set("maxmemory", int(r.info("memory")["used_memory"]) // 2)
+        for name in ("face-a", "face-b"):
+            svc.procs[name].send_signal(signal.SIGCONT)
+        with pytest.raises(redis.OutOfMemoryError):
+            r.xadd(keys.stream(FaceScore), {"probe": 1})
+        wait_for(lambda: r.xpending(keys.stream(FaceCrop), keys.group("face-workers"))["pending"], timeout_s=30)
+        time.sleep(6)  # six reclaim periods (min_idle_ms 1000) with every commit refused
+        pending = r.xpending_range(keys.stream(FaceCrop), keys.group("face-workers"), "-", "+", 100)
+        assert pending and all(p["times_delivered"] == 1 for p in pending), "running out of memory is no delivery"
+        status = subprocess.run(liveness_cmd("status", "--config", str(svc.config), "--json"), env=svc.env,
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 1 and json.loads(status.stdout)["redis_out_of_memory"] is True
+        assert all("Redis out of memory" in svc.log(name) for name in ("face-a", "face-b"))
+        r.config_set("maxmemory", 0)
+        wait_for(lambda: settled(r, keys.stream(FaceCrop)), timeout_s=30)
+        svc.stop_all()
+        scored = Counter(FaceScore.from_fields(f).source_id for _, f in r.xrange(keys.stream(FaceScore)))
+        assert scored == Counter(ids), "every crop scored exactly once"
+        assert not r.exists(keys.dead(keys.stream(FaceCrop))), "nothing dead-lettered"
+    finally:
+        svc.stop_all()
+        server.stop()
+    logs = "".join(svc.logs.values())
+    assert "dead-lettered" not in logs and "Traceback" not in logs and "took the held batch" in logs

@@ -147,7 +147,7 @@ def test_garbage_goes_to_dead_letters(r: redis.Redis, prefix: str, tmp_path: Pat
     dead = [f for _, f in r.xrange(keys.dead(keys.stream(FaceCrop)))]
     reasons = sorted(f[b"reason"].decode() for f in dead)
     assert any("schema version" in x for x in reasons) and any("not a decodable image" in x for x in reasons)
-    assert any("schema version 1, this release reads 2" in x for x in reasons)
+    assert any("schema version 1, this release reads 3" in x for x in reasons)
     assert any("views [1.0, 2.0] do not match the face model's [2.7, 4.0]" in x for x in reasons)
     assert [s.track for s in scores(r, keys, FaceScore)] == ["cam:1:1"]
     assert "Traceback" not in out

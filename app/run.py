@@ -11,11 +11,15 @@ from __future__ import annotations
 import argparse
 import logging
 import secrets
+import socket
 import tempfile
 import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Callable
+
+import redis
 
 from liveness.app.demo import write_clip
 from liveness.app.localredis import PrivateRedis
@@ -23,7 +27,8 @@ from liveness.config import Settings, load_settings
 from liveness.contract import Decision, Keys
 from liveness.fusion.decisions import tail
 from liveness.fusion.service import serve_fusion
-from liveness.heartbeat import Beacon
+from liveness.errors import NameTakenError
+from liveness.heartbeat import Beacon, holder
 from liveness.ingest.service import serve_camera
 from liveness.metrics import serve
 from liveness.redaction import redact_url
@@ -79,22 +84,40 @@ def process_specs(settings: Settings, face_workers: int = 1, eye_workers: int = 
     The validated settings go to every child as they are (pickled by the fork server).
     """
     base = settings.metrics.port
+    host = socket.gethostname()
     specs: list[ProcessSpec] = []
 
     def port() -> int | None:
         return None if base == 0 else base + len(specs)
 
-    specs.append(ProcessSpec("fusion", serve_fusion, (settings,), {"name": "fusion-1", "metrics_port": port()}))
+    def consumer(spec: str, name: str, target: Callable[..., None]) -> None:
+        # the consumer and heartbeat name carries the host: two machines' runs share the groups
+        name = f"{name}.{host}"
+        specs.append(ProcessSpec(spec, target, (settings,), {"name": name, "metrics_port": port()}, heartbeat=name))
+
+    consumer("fusion", "fusion-1", serve_fusion)
     for i in range(face_workers):
-        specs.append(ProcessSpec(f"face-worker-{i + 1}", serve_face_worker, (settings,),
-                                 {"name": f"face-{i + 1}", "metrics_port": port()}))
+        consumer(f"face-worker-{i + 1}", f"face-{i + 1}", serve_face_worker)
     for i in range(eye_workers):
-        specs.append(ProcessSpec(f"eye-worker-{i + 1}", serve_eye_worker, (settings,),
-                                 {"name": f"eye-{i + 1}", "metrics_port": port()}))
+        consumer(f"eye-worker-{i + 1}", f"eye-{i + 1}", serve_eye_worker)
     for cam in settings.cameras:
         specs.append(ProcessSpec(f"ingest:{cam.id}", serve_camera, (settings, cam.id),
-                                 {"loop": loop, "metrics_port": port()}))
+                                 {"loop": loop, "metrics_port": port()}, heartbeat=f"ingest:{cam.id}"))
     return specs
+
+
+def refuse_if_running(client: redis.Redis, keys: Keys, specs: list[ProcessSpec]) -> None:
+    """Raise NameTakenError when live processes of another installation beat under the names this
+    run would start (its cameras' ingests above all: every face would be decided twice)."""
+    try:
+        taken = [hb for spec in specs if spec.heartbeat
+                 if (hb := holder(client, keys.heartbeat(spec.heartbeat), spec.heartbeat, socket.gethostname()))]
+    except (redis.ConnectionError, redis.TimeoutError):
+        return  # Redis not up yet: the children wait for it, and each refuses a name another holds
+    if taken:
+        running = "; ".join(f"{hb.name} (pid {hb.pid} on {hb.host}, {hb.state})" for hb in taken)
+        raise NameTakenError(f"another installation runs under prefix {keys.prefix!r} in this Redis: {running}. "
+                             "Stop it first, or give this one its own prefix")
 
 
 def print_decisions(settings: Settings, stop: threading.Event) -> None:
@@ -168,6 +191,9 @@ def run(args: argparse.Namespace) -> int:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="liveness-run-")))
         settings, demo_camera = effective_settings(args.config, stack, tmp, preview=args.preview)
         specs = process_specs(settings, args.face_workers, args.eye_workers, loop=args.loop or demo_camera)
+        client = connect(settings.redis)
+        keys = Keys(settings.prefix)
+        refuse_if_running(client, keys, specs)
         log.info("run: Redis %s, prefix %s, %d camera(s), %d face and %d eye worker(s)",
                  redact_url(settings.redis.url), settings.prefix, len(settings.cameras), args.face_workers,
                  args.eye_workers)
@@ -176,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
             for spec in specs:
                 log.info("run: %-22s metrics on :%d/metrics", spec.name, spec.kwargs["metrics_port"])
             port = serve(settings.metrics, "run: supervisor", settings.metrics.port + len(specs))
-        beacon = Beacon(connect(settings.redis), Keys(settings.prefix), consumer_name("run"), "supervisor", port)
+        beacon = Beacon(client, keys, consumer_name("run"), "supervisor", port)
         if settings.preview.enabled:
             for i, cam in enumerate(settings.cameras):
                 print(f"preview {cam.id}: http://{settings.preview.host}:{settings.preview.port + i}/", flush=True)
@@ -189,6 +215,6 @@ def run(args: argparse.Namespace) -> int:
             beacon.beat("ready")  # from the supervisor's own loop: a supervisor that hangs goes silent
             return deadline is not None and time.monotonic() >= deadline
 
-        code = Supervisor(specs).run(until=until)
+        code = Supervisor(specs, client, keys).run(until=until)
         beacon.stop()
         return code

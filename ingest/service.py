@@ -144,6 +144,7 @@ class IngestService:
         cam = self.camera.id
         self.capture_started = time.perf_counter()
         while not self.stop.is_set():
+            self.beacon.beat(for_s=self.camera.open_timeout_s)  # opening blocks the loop up to this long
             try:
                 cap = open_capture(self.camera)
             except SourceError as e:
@@ -352,5 +353,6 @@ def run(args: argparse.Namespace) -> int:
     if len(ids) == 1:
         serve_camera(settings, ids[0], **options)
         return 0
-    return Supervisor([ProcessSpec(f"ingest:{cam_id}", serve_camera, (settings, cam_id), options)
-                       for cam_id in ids]).run()
+    return Supervisor([ProcessSpec(f"ingest:{cam_id}", serve_camera, (settings, cam_id), options,
+                                   heartbeat=f"ingest:{cam_id}") for cam_id in ids],
+                      connect(settings.redis), Keys(settings.prefix)).run()

@@ -419,6 +419,14 @@ class Heartbeat(Message):
     ts: float
     metrics_port: int | None = None
     detail: str = ""
+    since_ts: float | None = None
+    """When the process entered its current state (epoch s): how long a camera has been lost."""
+    ready_ts: float | None = None
+    """When the process was last ready (epoch s); absent if it never was (a camera never opened)."""
+    expires_ts: float | None = None
+    """When this heartbeat expires unless renewed (epoch s): later during a camera's reconnect wait."""
+    claim: str | None = None
+    """Drawn at random when the process starts: whose heartbeat this is, whatever else it says."""
 
     def validate(self) -> None:
         if not is_id(self.name):

@@ -32,3 +32,8 @@ class ModelError(LivenessError):
 
 class SourceError(LivenessError):
     """A camera source cannot be opened or read."""
+
+
+class NameTakenError(LivenessError):
+    """Another live process beats under this process's name (a second ingest of one camera): two of
+    them would publish everything twice, and their heartbeats would look like one."""

@@ -35,7 +35,7 @@ done
 p=${LIVENESS_PREFIX:-liveness}
 login="resetkeys resetchannels -@all +ping +auth +hello"
 tx="+multi +exec +discard +unwatch"
-beat="(~$p:heartbeat:* ~$p:services +expire +hset +hgetall +zadd +zrem +zrange +zremrangebyscore)"
+beat="(~$p:heartbeat:* ~$p:services +watch +expire +hset +hgetall +zadd +zrem +zrange +zremrangebyscore)"
 group="+xreadgroup +xack +xautoclaim +xclaim +xpending +xgroup|create +xinfo|groups"
 echo "user default off resetpass ~* &* +@all"
 echo "user admin on >$REDIS_ADMIN_PASSWORD ~* &* +@all"

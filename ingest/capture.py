@@ -19,6 +19,7 @@ import numpy as np
 
 from liveness.config import CameraSettings
 from liveness.errors import SourceError
+from liveness.images import frame_oversized, oversized
 from liveness.redaction import redact_url
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ def open_capture(camera: CameraSettings) -> cv2.VideoCapture:
     source = camera.source
     if isinstance(source, str) and not is_live(source) and not Path(source).exists():
         raise SourceError(f"camera {camera.id}: no such file {source}")
+    why = oversized(Path(source), "camera") if isinstance(source, str) and not is_live(source) else None
+    if why is not None:  # FFmpeg decodes an image file as it opens it
+        raise SourceError(f"camera {camera.id}: {source}: {why}")
     if isinstance(source, int):
         cap = cv2.VideoCapture(source, cv2.CAP_ANY)
     else:
@@ -64,6 +68,10 @@ def open_capture(camera: CameraSettings) -> cv2.VideoCapture:
     if not cap.isOpened():
         cap.release()
         raise SourceError(f"camera {camera.id}: cannot open {describe(source)}")
+    why = frame_oversized(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), "camera")
+    if why is not None:
+        cap.release()
+        raise SourceError(f"camera {camera.id}: {describe(source)}: {why}")
     return cap
 
 

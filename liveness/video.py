@@ -9,6 +9,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from liveness.images import frame_oversized, oversized
+
 log = logging.getLogger(__name__)
 
 DEFAULT_FPS = 30.0
@@ -32,13 +34,21 @@ def video_fps(path: Path) -> float:
 def read_video(path: Path, max_frames: int | None = None) -> Iterator[tuple[float, np.ndarray]]:
     """Yield ``(seconds since start, BGR frame)`` upright: phones record rotation as metadata.
 
-    A file that cannot be opened yields nothing and is logged, so one bad clip of a dataset
-    does not stop the others.
+    A file that cannot be opened, or whose frames are over the pixel cap (``liveness.images``),
+    yields nothing and is logged, so one bad clip of a dataset does not stop the others.
     """
+    why = oversized(path, "video")  # FFmpeg decodes an image file as it opens it
+    if why is not None:
+        log.warning("video: %s: %s, skipped", path, why)
+        return
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     try:
         if not cap.isOpened():
             log.warning("video: cannot open %s, skipped", path)
+            return
+        why = frame_oversized(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), "video")
+        if why is not None:
+            log.warning("video: %s: %s, skipped", path, why)
             return
         cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
         fps = plausible_fps(cap.get(cv2.CAP_PROP_FPS))

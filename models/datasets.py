@@ -18,6 +18,7 @@ import numpy as np
 
 from liveness.defaults import SEQUENCE_FPS
 from liveness.errors import LivenessError
+from liveness.images import oversized
 from liveness.video import read_video
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,14 @@ class Sequence:
         return len(self.frames) if self.video is None else -1
 
     def read(self, max_frames: int | None = None) -> Iterator[tuple[float, np.ndarray]]:
-        """Yield ``(seconds since start, BGR frame)``; unreadable frames are skipped and logged."""
+        """Yield ``(seconds since start, BGR frame)``; unreadable frames, and those over the pixel cap
+        (``liveness.images``, counted), are skipped and logged."""
         if self.video is None:
             for i, path in enumerate(self.frames[:max_frames]):
+                why = oversized(path, "dataset")
+                if why is not None:
+                    log.warning("dataset: %s: %s, skipped", path, why)
+                    continue
                 img = cv2.imread(str(path), cv2.IMREAD_COLOR)
                 if img is None:
                     log.warning("dataset: cannot decode %s, skipped", path)

@@ -14,6 +14,7 @@ import numpy as np
 from liveness.config import Settings, load_settings
 from liveness.contract import FaceCrop, FaceScore, Message
 from liveness.errors import PoisonMessageError
+from liveness.images import oversized
 from liveness.workers.runners import FACE_INPUT_SHAPE
 from liveness.workers.scoring import ScoringWorker, serve_worker, with_cli_overrides
 
@@ -24,8 +25,12 @@ MAX_CROP_SIDE = 1024
 def decode_crop(jpeg: bytes, shape: tuple[int, ...], views: int) -> np.ndarray:
     """JPEG bytes of ``views`` square views side by side to the model's ``(H, W, 3)`` BGR input.
 
-    PoisonMessageError if it is not an image of that many square views.
+    PoisonMessageError if it is not an image of that many square views; one whose header states
+    more pixels than that may hold is refused undecoded.
     """
+    why = oversized(jpeg, "face-crop", MAX_CROP_SIDE * MAX_CROP_SIDE * views)
+    if why is not None:
+        raise PoisonMessageError(f"crop: {why}")
     img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise PoisonMessageError("crop: not a decodable image")

@@ -13,8 +13,6 @@ import os
 import sys
 from typing import Callable
 
-import redis
-
 from liveness import __version__
 from liveness.errors import LivenessError
 from liveness.redaction import redact_text
@@ -73,6 +71,12 @@ def _decisions(p: argparse.ArgumentParser) -> None:
 def _status(p: argparse.ArgumentParser) -> None:
     _config(p)
     p.add_argument("--json", action="store_true", help="one JSON object")
+    p.add_argument("--camera-grace", type=float, default=30.0, metavar="S",
+                   help="a configured camera lost for longer than S seconds fails the status (default 30)")
+    p.add_argument("--self", nargs="?", const="", metavar="NAME",
+                   help="a probe: only the process NAME (without NAME: every process of this host, a pod); "
+                        "exit 0 while its heartbeat lives")
+    p.add_argument("--ready", action="store_true", help="with --self: exit 0 only if it says ready")
 
 
 def _label(p: argparse.ArgumentParser) -> None:
@@ -212,7 +216,7 @@ COMMANDS: dict[str, tuple[str, str, Adder]] = {
     "jobs": ("liveness.workers.jobs:run_list", "list clip jobs and their results", _config),
     "decisions": ("liveness.fusion.decisions", "print decisions (JSON lines with --json)", _decisions),
     "status": ("liveness.app.status", "every service process, from its heartbeat: state, host, metrics port "
-               "(exit 1 if one went silent)", _status),
+               "(exit 1 if one went silent or a configured camera does not deliver)", _status),
     "label": ("liveness.fusion.label", "operator feedback: the ground truth of a track", _label),
     "train-face": ("liveness.models.train_face", "fit the face model's head, leaving each source out in turn, and export it (extra 'train')", _train_face),
     "train-eye": ("liveness.models.train_eye", "train and export the eye model", _train_eye),
@@ -240,13 +244,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run one command; ^C at any moment (imports take seconds on a busy machine) ends it quietly."""
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _main(argv: list[str]) -> int:
+    import redis  # here, not at the top: ^C during this slow import is ^C in main
+
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     module_name, _, func = args.module.partition(":")
-    module = importlib.import_module(module_name)
     try:
+        module = importlib.import_module(module_name)
         return int(getattr(module, func or "run")(args) or 0)
     except LivenessError as e:
         print(f"liveness {args.command}: error: {redact_text(str(e))}", file=sys.stderr)
@@ -254,8 +267,6 @@ def main(argv: list[str] | None = None) -> int:
     except redis.RedisError as e:  # e.g. refused credentials or commands: a clear line, not a traceback
         print(f"liveness {args.command}: Redis error: {type(e).__name__}: {redact_text(str(e))}", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":

@@ -50,6 +50,11 @@ def demo_cameras(tmp: Path) -> list[dict[str, object]]:
     return cams
 
 
+def demo_prefix(prefix: str) -> str:
+    """The key prefix of the demo camera's run: the site's, marked as the demo's (at most 40 characters)."""
+    return f"{prefix[:35]}-demo"
+
+
 def effective_settings(config: str | None, stack: ExitStack, tmp: Path, *, preview: bool = False,
                        cameras: list[dict[str, object]] | None = None) -> tuple[Settings, bool]:
     """The config to run: the user's, or the demo's; with a private Redis unless one is configured
@@ -64,7 +69,9 @@ def effective_settings(config: str | None, stack: ExitStack, tmp: Path, *, previ
     if cameras is not None:
         data["cameras"] = cameras
     elif demo_camera:
-        log.info("run: no cameras configured: running the demo camera")
+        # under a prefix of its own: the demo never shows in a site's decisions, accuracy or targets
+        data["prefix"] = demo_prefix(settings.prefix)
+        log.info("run: no cameras configured: running the demo camera under prefix %s", data["prefix"])
         data["cameras"] = demo_cameras(tmp)
     if preview:
         data["preview"]["enabled"] = True

@@ -240,7 +240,8 @@ class FusionConsumer(StreamConsumer):
         metrics.PIPELINE_LATENCY.labels(d.camera).observe(max(0.0, d.decided_ts - d.last_capture_ts))
         if first:
             metrics.TIME_TO_DECISION.labels(d.camera).observe(max(0.0, d.decided_ts - d.first_capture_ts))
-        log.info("fusion: %s %s -> %s (%.2f, face %.2f, eye %.2f, %d frames)", d.camera, d.track, d.verdict,
+        # debug: each decision's line is `liveness decisions` and run's display; once on a terminal
+        log.debug("fusion: %s %s -> %s (%.2f, face %.2f, eye %.2f, %d frames)", d.camera, d.track, d.verdict,
                  d.confidence, d.face_evidence, d.eye_evidence, d.frames)
         self.fusion.webhook.send(d)
 

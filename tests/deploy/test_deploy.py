@@ -23,7 +23,7 @@ from prometheus_client import REGISTRY
 
 from deploy.grafana.queries import DASHBOARD, load, panel_queries
 from liveness import __version__
-from liveness.app.cli import COMMANDS
+from liveness.app.cli import COMMANDS, build_parser
 from liveness.config import load_settings
 from liveness.contract import EyeSample, FaceCrop, Keys
 from liveness.defaults import METRICS_PORT
@@ -253,6 +253,14 @@ def test_deployment(name: str, k8s_secrets: dict[str, dict[str, str]]) -> None:
     secrets = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]}
     assert secrets["LIVENESS_REDIS__URL"] == f"liveness-redis-{ROLE_USERS[name]}", "its role's own Redis user"
     assert ("LIVENESS_FUSION__DECISION_KEY" in secrets) == (name == "fusion"), "fusion alone signs decisions"
+    # the probes ask the pod's own heartbeats: alive while they beat, ready while they say ready
+    for kind in ("liveness", "readiness"):
+        probe = container[f"{kind}Probe"]
+        command = probe["exec"]["command"]
+        args = build_parser().parse_args(command[1:])
+        assert command[0] == "liveness" and (args.command, args.self, args.config) == ("status", "", config_path)
+        assert args.ready == (kind == "readiness"), f"{name}: {kind}Probe"
+        assert probe["timeoutSeconds"] >= 5, "a Python command starts in seconds on a busy node"
 
 
 def test_configmap_config_validates(tmp_path: Path, k8s_secrets: dict[str, dict[str, str]]) -> None:

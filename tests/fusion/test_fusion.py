@@ -218,6 +218,28 @@ def test_decisions_command_prints_json_lines(r: redis.Redis, prefix: str, tmp_pa
     assert len(res.stdout.strip().splitlines()) == 2
 
 
+def test_ctrl_c_ends_decisions_follow_quietly(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
+    keys = Keys(prefix)
+    cfg = str(fusion_config(tmp_path, prefix))
+    out = tmp_path / "out.jsonl"
+    with out.open("w") as stdout:
+        proc = subprocess.Popen(liveness_cmd("decisions", "--config", cfg, "--json", "--follow"), stdout=stdout,
+                                stderr=subprocess.PIPE, text=True)
+    # once it follows (a decision written now is printed), ^C
+    d = Decision("cam", "cam:1:1", "live", 0.9, -3.0, 0.0, 5, 1.0, 2.0, 2.1, "evidence")
+    wait_for(lambda: r.xadd(keys.stream(Decision), d.to_fields()) and out.read_text().count("\n") >= 1, timeout_s=60)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert (proc.returncode, err) == (130, ""), "no traceback, the usual status of ^C"
+    # and while it starts (imports take seconds on a busy machine)
+    proc = subprocess.Popen(liveness_cmd("decisions", "--config", cfg, "--follow"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert (proc.returncode, err) == (130, "")
+
+
 KEY = "decision-key-0123456789"
 
 

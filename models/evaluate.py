@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 Evaluator = Callable[[argparse.Namespace], tuple[dict[str, Any], np.ndarray, np.ndarray]]
 """args -> (report, labels, scores); labels and scores feed the DET plot."""
 
+MIN_SEQUENCES = 20
+"""Sequences (people, videos) a class below which a rate is a handful of cases: evaluate warns."""
+
 
 def _extract_part(dataset: Dataset) -> FaceCrops:
     return extract(dataset, CropSettings())
@@ -171,6 +174,12 @@ def _human(report: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     report, labels, scores = EVALUATORS[args.model](args)
+    counts = {label: sum(s.label == label for s in load(args.dataset, args.root, args.split).sequences)
+              for label in ("live", "spoof")}
+    report["warnings"] = [f"the figures rest on {n} {label} sequence(s), fewer than {MIN_SEQUENCES}: a few people "
+                          f"or videos, not a rate" for label, n in counts.items() if n < MIN_SEQUENCES]
+    for warning in report["warnings"]:
+        log.warning("evaluate: %s", warning)
     if args.plot and (labels == 0).any() and (labels == 1).any():
         plot_det(labels, scores, float(report["threshold"]), Path(args.plot),
                  f"{report.get('name', args.model)} on {args.dataset} {args.split or ''}")

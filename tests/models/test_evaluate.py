@@ -69,4 +69,19 @@ def test_evaluate_face_json(folders_root: Path, tmp_path: Path, capsys: pytest.C
     # a live face and a print of NUAA session 01, the faceless image not accepted: every frame on its side
     assert (report["apcer"], report["bpcer"], report["auc"]) == (0.0, 0.0, 1.0), report
     assert plot.is_file() and cv2.imread(str(plot)) is not None
+    assert report["warnings"] == [
+        "the figures rest on 1 live sequence(s), fewer than 20: a few people or videos, not a rate",
+        "the figures rest on 2 spoof sequence(s), fewer than 20: a few people or videos, not a rate"]
+
+
+def test_evaluate_warns_only_below_twenty_sequences_a_class(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "data"
+    for label, name, n in (("live", "ClientRaw/0001_00_00_01", 20), ("spoof", "ImposterRaw/0001_00_00_01", 19)):
+        for i, frame in enumerate(nuaa_sequence(name)[:n]):
+            (root / label).mkdir(parents=True, exist_ok=True)
+            (root / label / f"{i:02d}.jpg").symlink_to(frame)  # an image is a sequence of its own
+    assert main(["evaluate", "--model", "face", "--dataset", "folders", "--root", str(root), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["warnings"] == [
+        "the figures rest on 19 spoof sequence(s), fewer than 20: a few people or videos, not a rate"]
 

@@ -10,8 +10,8 @@ counted twice and a decision is never emitted twice.
 State that does not parse (an older schema, a partial write, a hostile client) sends the
 track's messages of the batch to the dead letters with the reason and resets the track; a key
 of another type, or a counter that is not a number, is reset where it is found; garbage members
-of the sets are ignored. The consumer, the gauges and the webhook run as one ``Crew``: if one
-fails, the process ends, and its supervisor restarts it.
+of the sets are ignored. The consumer, the gauges and the webhook run as one
+``liveness.lifecycle.Crew``: if one fails, the process ends, and its supervisor restarts it.
 
 A track labelled live by an operator adds its mean face log-odds to its camera's calibration
 (a sorted set in Redis); every fusion process re-reads the calibrations every few seconds
@@ -41,7 +41,7 @@ from liveness.fusion import metrics
 from liveness.fusion.webhook import Webhook
 from liveness.heartbeat import Beacon
 from liveness.metrics import STAGE_LATENCY
-from liveness.streams import Crew, Entry, Failed, Outcome, RawEntry, StreamConsumer, consumer_name
+from liveness.streams import Entry, Failed, Outcome, RawEntry, StreamConsumer, consumer_name
 
 log = logging.getLogger(__name__)
 
@@ -87,31 +87,27 @@ class FusionConsumer(StreamConsumer):
 
     def __init__(self, fusion: "Fusion") -> None:
         s = fusion.settings
+        cfg = s.fusion
         keys = fusion.keys
         self.kinds = {keys.stream(FaceScore): "face", keys.stream(EyeScore): "eye", keys.stream(Label): "label"}
         super().__init__(fusion.redis, keys, list(self.kinds), keys.group("fusion"), fusion.name,
-                         batch_size=128, block_ms=20, min_idle_ms=s.face_worker.min_idle_ms,
-                         max_deliveries=s.face_worker.max_deliveries, dead_maxlen=s.streams.maxlen,
+                         batch_size=cfg.batch_size, block_ms=cfg.block_ms, min_idle_ms=cfg.min_idle_ms,
+                         max_deliveries=cfg.max_deliveries, dead_maxlen=s.streams.maxlen,
                          stop=fusion.stop, redis_url=s.redis.url, beacon=fusion.beacon)
         self.fusion = fusion
         for kind in ("face", "eye"):
             metrics.DUPLICATES.labels(kind)
 
-    @property
-    def kind(self) -> str:
-        """What the stream being handled carries: face scores, eye scores or labels."""
-        return self.kinds[self.stream]
-
-    def decode(self, entries: list[Entry]) -> tuple[list[Item], dict[str, str]]:
+    def decode(self, kind: str, entries: list[Entry]) -> tuple[list[Item], dict[str, str]]:
         items: list[Item] = []
         dead: dict[str, str] = {}
         for entry_id, fields in entries:
             try:
-                if self.kind == "label":
+                if kind == "label":
                     label = Label.from_fields(fields)
                     items.append(Item(entry_id, label.track, label=label))
                 else:
-                    cls = FaceScore if self.kind == "face" else EyeScore
+                    cls = FaceScore if kind == "face" else EyeScore
                     score = cls.from_fields(fields)
                     items.append(Item(entry_id, score.track, score=score))
             except PoisonMessageError as e:
@@ -120,20 +116,22 @@ class FusionConsumer(StreamConsumer):
                 dead[entry_id] = f"poison: unexpected {type(e).__name__}: {e}"
         return items, dead
 
-    def source(self, item: Item) -> str:
+    @staticmethod
+    def source(kind: str, item: Item) -> str:
         """The id a score is counted under: source ids of the face and eye streams can coincide."""
         assert item.score is not None
-        return f"{self.kind}:{item.score.source_id}"
+        return f"{kind}:{item.score.source_id}"
 
-    def handle(self, entries: list[Entry]) -> Outcome:
-        items, dead = self.decode(entries)
+    def handle(self, stream: str, entries: list[Entry]) -> Outcome:
+        kind = self.kinds[stream]  # what the stream carries: face scores, eye scores or labels
+        items, dead = self.decode(kind, entries)
         by_track: dict[str, list[Item]] = defaultdict(list)
         for item in items:
             by_track[item.track].append(item)
         tracks = sorted(by_track)
         if tracks:
             self.watch(*[self.keys.track_state(t) for t in tracks])
-        ids = {t: [self.source(i) for i in by_track[t] if i.score is not None] for t in tracks}
+        ids = {t: [self.source(kind, i) for i in by_track[t] if i.score is not None] for t in tracks}
         reads = self.redis.pipeline(transaction=False)  # every read in one round trip, after the WATCH
         for track in tracks:
             reads.hgetall(self.keys.track_state(track))
@@ -147,16 +145,16 @@ class FusionConsumer(StreamConsumer):
             state = next(replies)
             seen = next(replies) if ids[track] else []
             try:
-                updates.append(self.advance(track, state, seen, ids[track], by_track[track], now))
+                updates.append(self.advance(kind, track, state, seen, ids[track], by_track[track], now))
             except Exception as e:  # noqa: BLE001 - one track's state must not hold up the others
                 reason = (f"corrupt state: {e}" if isinstance(e, CorruptStateError)
                           else f"error: unexpected {type(e).__name__}: {e}")
                 dead.update({item.entry_id: reason for item in by_track[track]})
                 reset.append(track)
         return Outcome(writes=[partial(self.queue_writes, updates, reset, now)], dead=dead,
-                       after=[partial(self.report, updates, reset)])
+                       after=[partial(self.report, kind, updates, reset)])
 
-    def advance(self, track: str, state: dict[bytes, bytes] | redis.ResponseError,
+    def advance(self, kind: str, track: str, state: dict[bytes, bytes] | redis.ResponseError,
                 seen_reply: list[int] | redis.ResponseError, ids: list[str], items: list[Item],
                 now: float) -> TrackUpdate:
         """The track's state after ``items``; CorruptStateError if what Redis holds for it is not a state."""
@@ -178,7 +176,7 @@ class FusionConsumer(StreamConsumer):
                 continue
             sc = item.score
             assert sc is not None
-            source = self.source(item)
+            source = self.source(kind, item)
             if source in seen:
                 update.duplicates += 1
                 continue
@@ -187,7 +185,7 @@ class FusionConsumer(StreamConsumer):
             ev.camera = ev.camera or sc.camera
             ev.label = ev.label or (sc.label or "")
             # ignored below: a score's stream, so kind is face or eye, not label
-            change = ev.step(self.kind, sc.score, sc.capture_ts, f.policy,  # type: ignore[arg-type]
+            change = ev.step(kind, sc.score, sc.capture_ts, f.policy,  # type: ignore[arg-type]
                              f.baselines.get(ev.camera), f.settings.fusion.rule, now)
             update.latencies.append(max(0.0, now - sc.scored_ts))
             if change is not None:
@@ -221,13 +219,13 @@ class FusionConsumer(StreamConsumer):
         for track in reset:
             reset_keys(pipe, keys.track_state(track), keys.seen(track))
 
-    def report(self, updates: list[TrackUpdate], reset: list[str]) -> None:
+    def report(self, kind: str, updates: list[TrackUpdate], reset: list[str]) -> None:
         """Metrics, logs and the webhook, once the batch is committed."""
         for track in reset:
             metrics.STATE_RESETS.labels("track").inc()
             log.warning("%s: track %s: state reset", self.name, track)
         for u in updates:
-            metrics.DUPLICATES.labels(self.kind).inc(u.duplicates)
+            metrics.DUPLICATES.labels(kind).inc(u.duplicates)
             for latency in u.latencies:
                 STAGE_LATENCY.labels("score_to_fusion").observe(latency)
             first = u.state.decisions - len(u.decisions) == 0
@@ -321,7 +319,7 @@ class Fusion:
     def start(self) -> None:
         """Consume, keep the gauges and deliver the webhook until stopped, or until one of them fails."""
         self.refresh_calibration()
-        crew = Crew(self.stop)
+        crew = lifecycle.Crew(self.stop)
         crew.start("fusion:consumer", FusionConsumer(self).run)
         crew.start("fusion:gauges", self.keep_gauges)
         if self.webhook.url:

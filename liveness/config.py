@@ -121,16 +121,22 @@ class CameraSettings(CameraTuning):
         return source
 
 
-class WorkerSettings(Section):
-    model: str | None = Field(None, description="ONNX model path (None: the committed artifact)")
+class ConsumerSettings(Section):
+    """What every stream consumer (``liveness.streams.StreamConsumer``) is tuned by."""
+
     batch_size: int = Field(16, ge=1, le=256, description="Most messages per batch")
     block_ms: int = Field(20, ge=1, description="Time to wait for a batch to fill")
-    threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads")
     max_deliveries: int = Field(3, ge=1, description="Deliveries before a message is dead-lettered")
-    min_idle_ms: int = Field(10_000, ge=100, description="Pending this long: reclaimed from a dead worker")
+    min_idle_ms: int = Field(10_000, ge=100, description="Pending this long: reclaimed from a dead consumer")
 
 
-class FusionSettings(Section):
+class WorkerSettings(ConsumerSettings):
+    model: str | None = Field(None, description="ONNX model path (None: the committed artifact)")
+    threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads")
+
+
+class FusionSettings(ConsumerSettings):
+    batch_size: int = Field(128, ge=1, le=1024, description="Most scores and labels per batch")
     rule: Literal["evidence", "original"] = Field("evidence", description="Decision rule")
     policy: str | None = Field(None, description="Policy JSON (None: models/artifacts/fusion.json)")
     live_threshold: float | None = Field(None, description="Log-odds to decide live (None: model card)")

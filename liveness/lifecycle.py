@@ -1,10 +1,14 @@
-"""How every service process starts: stop on SIGTERM/SIGINT, serve metrics, wait for Redis, beat."""
+"""How every service process starts (stop on SIGTERM/SIGINT, serve metrics, wait for Redis, beat)
+and how the threads of one process end together (``Crew``)."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 import redis
 
@@ -13,6 +17,8 @@ from liveness.contract import Keys, Role
 from liveness.heartbeat import Beacon
 from liveness.metrics import serve
 from liveness.redisconn import connect, wait_until_up
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,3 +49,44 @@ def start(settings: Settings, name: str, role: Role, metrics_port: int | None = 
     beacon = Beacon(client, Keys(settings.prefix), name, role, port)
     beacon.beat()
     return Service(client, stop, beacon)
+
+
+class Crew:
+    """Threads of one process that end together.
+
+    When one returns or raises, ``stop`` is set so the others finish too, and ``wait()`` raises
+    the exception that ended one. Why: a process whose consumer thread died beside a live
+    metrics loop looks healthy, and no supervisor restarts it.
+    """
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self._members: list[tuple[threading.Thread, Callable[[], None] | None]] = []
+        self._errors: list[BaseException] = []
+
+    def start(self, name: str, target: Callable[[], object], close: Callable[[], None] | None = None) -> None:
+        """Run ``target`` in a thread; ``close`` asks it to return once ``stop`` is set (None: it watches ``stop``)."""
+        thread = threading.Thread(target=self._guard, args=(name, target), name=name, daemon=True)
+        self._members.append((thread, close))
+        thread.start()
+
+    def _guard(self, name: str, target: Callable[[], object]) -> None:
+        try:
+            target()
+        except BaseException as e:  # noqa: BLE001 - raised again by wait(), in the main thread
+            log.error("%s: ended by %s; stopping the process", name, type(e).__name__)
+            self._errors.append(e)
+        finally:
+            self.stop.set()
+
+    def wait(self, join_s: float = 30.0) -> None:
+        """Until ``stop`` is set; then let the threads finish, in start order, and raise what ended one, if anything."""
+        while not self.stop.wait(1.0):
+            pass
+        deadline = time.monotonic() + join_s
+        for thread, close in self._members:
+            if close is not None:
+                close()
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self._errors:
+            raise self._errors[0]

@@ -10,8 +10,8 @@ again (optimistic locking, as redis-py's ``Redis.transaction``).
 Every failure ends in a dead letter or in the end of the process, never in a consumer that
 silently stopped. A message that cannot be processed is dead-lettered by ``handle()`` with its
 reason; one delivered too often is dead-lettered here. An exception out of ``handle()`` is a
-fault of the consumer, not of a message: it ends ``run()``, and with it the process (``Crew``
-for a consumer in a thread), so the supervisor restarts it; the batch stays pending and is
+fault of the consumer, not of a message: it ends ``run()``, and with it the process
+(``liveness.lifecycle.Crew`` for a consumer in a thread), so the supervisor restarts it; the batch stays pending and is
 handled again, one entry at a time, until ``max_deliveries``. Redis outages are waited out.
 """
 
@@ -103,8 +103,6 @@ class StreamConsumer:
         self.redis = client
         self.keys = keys
         self.streams = [stream] if isinstance(stream, str) else list(stream)
-        self.stream = self.streams[0]
-        """The stream whose entries are being handled (a consumer may read several in one call)."""
         self.group = group
         self.name = name
         self.batch_size = batch_size
@@ -179,35 +177,33 @@ class StreamConsumer:
         if now >= self._next_claim:
             self._next_claim = now + self.min_idle_ms / 4000.0
             for stream in self.streams:
-                self.stream = stream
                 # delivered before and not acknowledged: one at a time, so an entry whose batch
                 # ended its consumer takes no other entry with it
-                for entry in self.reclaim():
-                    self.process([entry])
+                for entry in self.reclaim(stream):
+                    self.process(stream, [entry])
                     handled += 1
         if handled:
             return handled
         reply = cast(ReadReply | None, self.redis.xreadgroup(
             self.group, self.name, {s: ">" for s in self.streams}, count=self.batch_size, block=self.block_ms))
         for read_from, msgs in reply or []:
-            self.stream = _text(read_from)
             entries = [(_text(i), f) for i, f in msgs]
             if entries:
-                self.process(entries)
+                self.process(_text(read_from), entries)
                 handled += len(entries)
         return handled
 
-    def reclaim(self) -> list[Entry]:
-        """Take over entries idle longer than ``min_idle_ms``; dead-letter those delivered too often."""
-        reply = self.redis.xautoclaim(self.stream, self.group, self.name, self.min_idle_ms,
-                                      start_id=self._claim_cursor[self.stream], count=self.batch_size)
+    def reclaim(self, stream: str) -> list[Entry]:
+        """Take over entries of ``stream`` idle longer than ``min_idle_ms``; dead-letter those delivered too often."""
+        reply = self.redis.xautoclaim(stream, self.group, self.name, self.min_idle_ms,
+                                      start_id=self._claim_cursor[stream], count=self.batch_size)
         cursor, claimed = reply[0], reply[1]
-        self._claim_cursor[self.stream] = _text(cursor)
+        self._claim_cursor[stream] = _text(cursor)
         entries = [(_text(i), f) for i, f in claimed if f is not None]
         if not entries:
             return []
         RECLAIMED.labels(self.group).inc(len(entries))
-        pending: list[dict[str, Any]] = self.redis.xpending_range(self.stream, self.group, min=entries[0][0], max=entries[-1][0],
+        pending: list[dict[str, Any]] = self.redis.xpending_range(stream, self.group, min=entries[0][0], max=entries[-1][0],
                                             count=len(entries) * 4, consumername=self.name)
         deliveries = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
         keep: list[Entry] = []
@@ -218,13 +214,13 @@ class StreamConsumer:
             else:
                 keep.append((entry_id, fields))
         if too_often:
-            self.commit(Outcome(dead=too_often), [(i, f) for i, f in entries if i in too_often])
+            self.commit(stream, Outcome(dead=too_often), [(i, f) for i, f in entries if i in too_often])
         log.info("%s: reclaimed %d entries (%d dead-lettered)", self.name, len(entries), len(too_often))
         return keep
 
-    def process(self, entries: list[Entry]) -> None:
-        """Handle and commit a batch, again while a key it watched changed before the commit, and
-        while Redis refuses the commit for want of memory (``hold``)."""
+    def process(self, stream: str, entries: list[Entry]) -> None:
+        """Handle and commit a batch of ``stream``, again while a key it watched changed before the commit,
+        and while Redis refuses the commit for want of memory (``hold``)."""
         t0 = time.perf_counter()
         conflicts = 0
         held = False
@@ -232,8 +228,8 @@ class StreamConsumer:
             with self.redis.pipeline(transaction=True) as pipe:
                 self._pipe = pipe
                 try:
-                    outcome = self.handle(entries)
-                    self.commit(outcome, entries, pipe)
+                    outcome = self.handle(stream, entries)
+                    self.commit(stream, outcome, entries, pipe)
                 except redis.WatchError:
                     CONFLICTS.labels(self.group).inc()
                     conflicts += 1
@@ -243,7 +239,7 @@ class StreamConsumer:
                         log.warning("%s: Redis out of memory (maxmemory reached): batch of %d held until it "
                                     "takes the commit", self.name, len(entries))
                     held = True
-                    if self.hold(entries):
+                    if self.hold(stream, entries):
                         continue
                     return
                 finally:
@@ -257,7 +253,7 @@ class StreamConsumer:
             return
         log.warning("%s: batch of %d left for redelivery after %d conflicts", self.name, len(entries), WATCH_RETRIES)
 
-    def hold(self, entries: list[Entry]) -> bool:
+    def hold(self, stream: str, entries: list[Entry]) -> bool:
         """Redis refused a commit for want of memory: nothing of it was written. Keep the batch:
         wait, then claim it again without counting a delivery (XCLAIM JUSTID, which also resets
         its idle time, so no other consumer reclaims it), for another commit; running out of
@@ -266,7 +262,7 @@ class StreamConsumer:
         OUT_OF_MEMORY.labels(self.group).inc()
         if self.stop.wait(min(OOM_RETRY_S, self.min_idle_ms / 4000.0)):
             return False
-        self.redis.xclaim(self.stream, self.group, self.name, 0, [i for i, _ in entries], justid=True)
+        self.redis.xclaim(stream, self.group, self.name, 0, [i for i, _ in entries], justid=True)
         return True
 
     def watch(self, *keys: str) -> None:
@@ -275,7 +271,8 @@ class StreamConsumer:
             raise RuntimeError("watch() is for handle(), while a batch is processed")
         self._pipe.watch(*keys)
 
-    def commit(self, outcome: Outcome, entries: list[Entry], pipe: redis.client.Pipeline | None = None) -> None:
+    def commit(self, stream: str, outcome: Outcome, entries: list[Entry],
+               pipe: redis.client.Pipeline | None = None) -> None:
         """Write results, dead letters and the XACK of every entry in one transaction.
 
         A write Redis refuses inside it (a key of another type) does not undo the others: it goes
@@ -284,7 +281,7 @@ class StreamConsumer:
         pipe = pipe or self.redis.pipeline(transaction=True)
         if pipe.watching:
             pipe.multi()
-        self.queue_commit(pipe, outcome, entries)
+        self.queue_commit(pipe, stream, outcome, entries)
         queued = [args for args, _ in pipe.command_stack]
         replies = pipe.execute(raise_on_error=False)  # raises what Redis refused at queueing (OOM): nothing written
         PROCESSED.labels(self.group).inc(len(entries) - len(outcome.dead))
@@ -295,20 +292,20 @@ class StreamConsumer:
         if failed:
             self.repair(failed)
 
-    def queue_commit(self, pipe: redis.client.Pipeline, outcome: Outcome, entries: list[Entry]) -> None:
-        """Queue results, dead letters and the XACK on ``pipe`` (which the caller executes)."""
+    def queue_commit(self, pipe: redis.client.Pipeline, stream: str, outcome: Outcome, entries: list[Entry]) -> None:
+        """Queue results, dead letters and the XACK of ``stream``'s entries on ``pipe`` (which the caller executes)."""
         for write in outcome.writes:
             write(pipe)
         fields_by_id = dict(entries)
         for entry_id, reason in outcome.dead.items():
-            dead: dict[FieldT, EncodableT] = {b"source_stream": self.stream.encode(), b"source_id": entry_id.encode(),
+            dead: dict[FieldT, EncodableT] = {b"source_stream": stream.encode(), b"source_id": entry_id.encode(),
                     b"reason": reason[:DEAD_REASON_MAX].encode(), b"group": self.group.encode()}
             dead.update({b"f:" + k: v for k, v in fields_by_id.get(entry_id, {}).items()})
-            pipe.xadd(self.keys.dead(self.stream), dead, maxlen=self.dead_maxlen, approximate=True)
+            pipe.xadd(self.keys.dead(stream), dead, maxlen=self.dead_maxlen, approximate=True)
         if outcome.dead and self.dead_retention_s:  # dead crops are biometric data too
             min_id = int((time.time() - self.dead_retention_s) * 1000)
-            pipe.xtrim(self.keys.dead(self.stream), minid=min_id, approximate=False)
-        pipe.xack(self.stream, self.group, *[i for i, _ in entries])
+            pipe.xtrim(self.keys.dead(stream), minid=min_id, approximate=False)
+        pipe.xack(stream, self.group, *[i for i, _ in entries])
 
     def _report_lag(self) -> None:
         lag = pending = 0
@@ -324,8 +321,8 @@ class StreamConsumer:
         LAG.labels(self.group).set(lag)
         PENDING.labels(self.group).set(pending)
 
-    def handle(self, entries: list[Entry]) -> Outcome:
-        """Process a batch; return what to write and what to dead-letter. Raise only for a fault of the
+    def handle(self, stream: str, entries: list[Entry]) -> Outcome:
+        """Process a batch of ``stream``; return what to write and what to dead-letter. Raise only for a fault of the
         consumer itself: the process ends and the batch is delivered again."""
         raise NotImplementedError
 
@@ -359,47 +356,6 @@ def dead_reason(reason: str) -> str:
     """The ``reason`` label of a dead letter: its kind, before the first colon (``DEAD_REASONS``)."""
     kind = reason.split(":", 1)[0].replace(" ", "_")
     return kind if kind in DEAD_REASONS else "poison"
-
-
-class Crew:
-    """Threads of one process that end together.
-
-    When one returns or raises, ``stop`` is set so the others finish too, and ``wait()`` raises
-    the exception that ended one. Why: a process whose consumer thread died beside a live
-    metrics loop looks healthy, and no supervisor restarts it.
-    """
-
-    def __init__(self, stop: threading.Event) -> None:
-        self.stop = stop
-        self._members: list[tuple[threading.Thread, Callable[[], None] | None]] = []
-        self._errors: list[BaseException] = []
-
-    def start(self, name: str, target: Callable[[], object], close: Callable[[], None] | None = None) -> None:
-        """Run ``target`` in a thread; ``close`` asks it to return once ``stop`` is set (None: it watches ``stop``)."""
-        thread = threading.Thread(target=self._guard, args=(name, target), name=name, daemon=True)
-        self._members.append((thread, close))
-        thread.start()
-
-    def _guard(self, name: str, target: Callable[[], object]) -> None:
-        try:
-            target()
-        except BaseException as e:  # noqa: BLE001 - raised again by wait(), in the main thread
-            log.error("%s: ended by %s; stopping the process", name, type(e).__name__)
-            self._errors.append(e)
-        finally:
-            self.stop.set()
-
-    def wait(self, join_s: float = 30.0) -> None:
-        """Until ``stop`` is set; then let the threads finish, in start order, and raise what ended one, if anything."""
-        while not self.stop.wait(1.0):
-            pass
-        deadline = time.monotonic() + join_s
-        for thread, close in self._members:
-            if close is not None:
-                close()
-            thread.join(max(0.0, deadline - time.monotonic()))
-        if self._errors:
-            raise self._errors[0]
 
 
 def _text(value: bytes | str) -> str:

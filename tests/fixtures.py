@@ -111,7 +111,7 @@ def fusion_config(tmp_path: Path, prefix: str, port: int = 0) -> Path:
     path.write_text(yaml.safe_dump({
         "prefix": prefix, "redis": {"url": REDIS_URL}, "metrics": {"port": port, "host": "127.0.0.1"},
         "face_worker": {"min_idle_ms": 1000},
-        "fusion": {"window_s": 600, "policy": str(policy)},
+        "fusion": {"window_s": 600, "policy": str(policy), "min_idle_ms": 1000},
     }))
     return path
 
@@ -168,7 +168,7 @@ def services_config(tmp_path: Path, prefix: str, clips: dict[str, str]) -> Path:
     path.write_text(yaml.safe_dump({
         "prefix": prefix, "metrics": {"port": 0},
         "face_worker": {"min_idle_ms": 1000, "batch_size": 8}, "eye_worker": {"min_idle_ms": 1000},
-        "fusion": {"policy": str(policy)}, "cameras": cams,
+        "fusion": {"policy": str(policy), "min_idle_ms": 1000}, "cameras": cams,
     }))
     return path
 

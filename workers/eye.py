@@ -22,8 +22,8 @@ class EyeWorker(ScoringWorker):
 
     source = EyeSample
     output = EyeScore
-    role = "eye-workers"
-    service_role = "eye-worker"
+    consumer_group = "eye-workers"
+    heartbeat_role = "eye-worker"
     section = "eye_worker"
     short = "eye"
     artifact = "eye.onnx"

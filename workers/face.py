@@ -49,8 +49,9 @@ class FaceWorker(ScoringWorker):
 
     source = FaceCrop
     output = FaceScore
-    role = "face-workers"
-    service_role = "face-worker"
+    consumer_group = "face-workers"
+    heartbeat_role = "face-worker"
+    biometric = True
     section = "face_worker"
     short = "face"
     artifact = "face.onnx"

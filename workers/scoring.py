@@ -39,10 +39,12 @@ class ScoringWorker(StreamConsumer):
 
     source: ClassVar[type[FaceCrop] | type[EyeSample]]
     output: ClassVar[type[Score]]
-    role: ClassVar[Literal["face-workers", "eye-workers"]]
-    """Its consumer group."""
-    service_role: ClassVar[Role]
+    consumer_group: ClassVar[Literal["face-workers", "eye-workers"]]
+    """The consumer group its workers share (``Keys.group``)."""
+    heartbeat_role: ClassVar[Role]
     """What its heartbeat says it is."""
+    biometric: ClassVar[bool] = False
+    """Its inputs are face crops: the ones it dead-letters are kept only ``streams.crop_retention_s``."""
     section: ClassVar[Literal["face_worker", "eye_worker"]]
     """Its section of the settings."""
     short: ClassVar[str]
@@ -51,10 +53,10 @@ class ScoringWorker(StreamConsumer):
     input_shape: ClassVar[tuple[int, ...]]
 
     def __init__(self, settings: Settings, cfg: WorkerSettings, model: OnnxModel, client: redis.Redis, name: str,
-                 stop: threading.Event | None = None, dead_retention_s: float | None = None,
-                 beacon: Beacon | None = None) -> None:
+                 stop: threading.Event | None = None, beacon: Beacon | None = None) -> None:
         keys = Keys(settings.prefix)
-        super().__init__(client, keys, keys.stream(self.source), keys.group(self.role), name,
+        dead_retention_s = settings.streams.crop_retention_s if self.biometric else None
+        super().__init__(client, keys, keys.stream(self.source), keys.group(self.consumer_group), name,
                          batch_size=cfg.batch_size, block_ms=cfg.block_ms, min_idle_ms=cfg.min_idle_ms,
                          max_deliveries=cfg.max_deliveries, dead_maxlen=settings.streams.maxlen,
                          dead_retention_s=dead_retention_s, stop=stop, redis_url=settings.redis.url, beacon=beacon)
@@ -66,7 +68,7 @@ class ScoringWorker(StreamConsumer):
         """One model input row; None to acknowledge without a score; PoisonMessageError to dead-letter."""
         raise NotImplementedError
 
-    def handle(self, entries: list[Entry]) -> Outcome:
+    def handle(self, stream: str, entries: list[Entry]) -> Outcome:
         outcome = Outcome()
         batch: list[tuple[str, FaceCrop | EyeSample, np.ndarray]] = []
         for entry_id, fields in entries:
@@ -119,7 +121,6 @@ def serve_worker(settings: Settings, worker: type[ScoringWorker], *, name: str |
     model = OnnxModel(cfg.model or artifact_path(worker.artifact), threads=cfg.threads, input_shape=worker.input_shape,
                       max_batch=cfg.batch_size)
     name = name or consumer_name(worker.short)
-    service = lifecycle.start(settings, name, worker.service_role, metrics_port)
+    service = lifecycle.start(settings, name, worker.heartbeat_role, metrics_port)
     if service:
-        retention = settings.streams.crop_retention_s if worker.section == "face_worker" else None
-        worker(settings, cfg, model, service.client, name, service.stop, retention, service.beacon).run()
+        worker(settings, cfg, model, service.client, name, service.stop, service.beacon).run()

@@ -42,11 +42,11 @@ def faulty(consumer: type, marker: str, log_path: str, target: Callable[..., Any
     os.dup2(log.fileno(), 2)
     original = consumer.handle
 
-    def handle(self: Any, entries: list[Entry]) -> Outcome:
+    def handle(self: Any, stream: str, entries: list[Entry]) -> Outcome:
         try:
             os.unlink(marker)
         except FileNotFoundError:
-            return original(self, entries)
+            return original(self, stream, entries)
         raise RuntimeError(f"injected fault in {type(self).__name__}.handle")
 
     consumer.handle = handle
@@ -63,7 +63,7 @@ def test_a_fault_in_each_handler_ends_its_process_and_the_supervisor_restarts_it
     cfg.write_text(yaml.safe_dump({
         "prefix": prefix, "redis": {"url": REDIS_URL}, "metrics": {"port": 0},
         "face_worker": {"min_idle_ms": 1000}, "eye_worker": {"min_idle_ms": 1000},
-        "fusion": {"policy": str(policy)},
+        "fusion": {"policy": str(policy), "min_idle_ms": 1000},
     }))
     # one message for each service, there before its group is made (groups start at the stream's start)
     crop = r.xadd(keys.stream(FaceCrop), crop_message(real_crops("live")[0], "cam", "cam:1:1", 1).to_fields()).decode()

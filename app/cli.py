@@ -203,7 +203,7 @@ def _bench(p: argparse.ArgumentParser) -> None:
 
 COMMANDS: dict[str, tuple[str, str, Adder]] = {
     "run": ("liveness.app.run", "run everything: cameras, worker pools, fusion (demo without --config)", _run),
-    "demo": ("liveness.app.run:demo", "a labelled dataset through the whole pipeline, as a live table", _demo),
+    "demo": ("liveness.app.demo", "a labelled dataset through the whole pipeline, as a live table", _demo),
     "ingest": ("liveness.ingest.service", "read cameras, publish faces and eye ratios to Redis", _ingest),
     "collect": ("liveness.ingest.collect", "record a labelled entry from a camera: frames or face crops, and eye ratios "
                 "(the only command that writes faces to disk; exit 1 when the camera is lost mid-way)", _collect),

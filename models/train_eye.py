@@ -11,10 +11,9 @@ for the exported model. ``--dataset seed-csv`` reruns the original project's exp
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -59,10 +58,6 @@ SEQUENCE_QUANTILE = 0.25
 quarter. Unlike the minimum it does not fall as a track gets longer (NUAA's live sequences are
 five times longer than its session-02 attacks), and unlike the mean it is not drowned by the
 many windows between blinks; it beat both on cross-session sequence AUC."""
-
-SEED_CLAIMED_ACCURACY = 0.933
-"""Test accuracy the original project claims for its KNN on its own CSV."""
-
 
 @dataclass
 class Windows:
@@ -172,10 +167,32 @@ def _subset(tracks: list[EyeTrack], idx: list[int], fps: float | None = None) ->
     return sub, build_windows(sub)
 
 
-def validate(name: str, seed: int, tracks: list[EyeTrack]) -> dict[str, object]:
+@dataclass
+class Validation:
+    """Cross-session figures of one classifier (its part of the JSON report, ``asdict``)."""
+
+    folds: list[dict[str, object]]
+    """Per fold (train on one session, score the other): thresholds, and figures per replay rate and level."""
+    pooled_window_threshold: float
+    """Equal-error threshold of the window scores of every fold at 15 fps: the exported model's."""
+    pooled_sequence_threshold: float
+    summary: dict[str, dict[str, float]]
+
+
+@dataclass
+class _Pooled:
+    """Labels and scores of every fold's validation at 15 fps, windows and sequences."""
+
+    window_labels: list[np.ndarray] = field(default_factory=list)
+    window_scores: list[np.ndarray] = field(default_factory=list)
+    sequence_labels: list[np.ndarray] = field(default_factory=list)
+    sequence_scores: list[np.ndarray] = field(default_factory=list)
+
+
+def validate(name: str, seed: int, tracks: list[EyeTrack]) -> Validation:
     """Cross-session figures of one classifier, window- and sequence-level, at each replay rate."""
-    out: dict[str, object] = {"folds": []}
-    pooled: dict[str, list[np.ndarray]] = {"y": [], "s": [], "sy": [], "ss": []}
+    fold_list: list[dict[str, object]] = []
+    pooled = _Pooled()
     for title, tr_idx, va_idx in folds(tracks):
         tr_tracks, tr_w = _subset(tracks, tr_idx)
         pipe = fit(name, seed, tr_w.x, tr_w.y)
@@ -191,16 +208,16 @@ def validate(name: str, seed: int, tracks: list[EyeTrack]) -> dict[str, object]:
                                    "sequence_mean_logit": figures(seq_y, sequence_scores(s, va_w.seq, "mean_logit")[1],
                                                                   inner[2])}
             if fps == 15.0:
-                pooled["y"].append(va_w.y)
-                pooled["s"].append(s)
-                pooled["sy"].append(seq_y)
-                pooled["ss"].append(seq_s)
-        out["folds"].append(fold)  # type: ignore[attr-defined]  # a report of mixed JSON values
-    y, s, sy, ss = (np.concatenate(pooled[k]) for k in ("y", "s", "sy", "ss"))
-    out["pooled_window_threshold"] = eer_threshold(y, s)
-    out["pooled_sequence_threshold"] = eer_threshold(sy, ss)
-    out["summary"] = _summary(out["folds"])  # type: ignore[arg-type]
-    return out
+                pooled.window_labels.append(va_w.y)
+                pooled.window_scores.append(s)
+                pooled.sequence_labels.append(seq_y)
+                pooled.sequence_scores.append(seq_s)
+        fold_list.append(fold)
+    return Validation(
+        fold_list,
+        eer_threshold(np.concatenate(pooled.window_labels), np.concatenate(pooled.window_scores)),
+        eer_threshold(np.concatenate(pooled.sequence_labels), np.concatenate(pooled.sequence_scores)),
+        _summary(fold_list))
 
 
 def _summary(fold_list: list[dict]) -> dict[str, dict[str, float]]:
@@ -210,30 +227,7 @@ def _summary(fold_list: list[dict]) -> dict[str, dict[str, float]]:
             for fps in FPS_CHECKS for lvl in ("window", "sequence", "sequence_mean_logit")}
 
 
-def rate_baseline(tracks: list[EyeTrack], gaps: dict[str, float]) -> dict[str, object]:
-    """The NUAA trap measured: sequences told apart by their frame spacing alone (picture-number step).
-
-    A threshold on the step, fitted on one session, scored on the other; a high figure here
-    means any feature that leaks frame spacing (jitter between frames) can look good for the
-    wrong reason, which is why every eye feature is computed on fixed-rate windows.
-    """
-    out = []
-    for title, tr_idx, va_idx in folds(tracks):
-        g_tr = np.array([gaps[tracks[i].name] for i in tr_idx])
-        y_tr = np.array([tracks[i].spoof for i in tr_idx])
-        g_va = np.array([gaps[tracks[i].name] for i in va_idx])
-        y_va = np.array([tracks[i].spoof for i in va_idx])
-        out.append({"fold": title, **figures(y_va, g_va, eer_threshold(y_tr, g_tr))})
-    return {"folds": out, "acer": float(np.mean([f["acer"] for f in out])), "auc": float(np.mean([f["auc"] for f in out]))}
-
-
-def picture_steps(dataset: datasets.Dataset) -> dict[str, float]:
-    """Median picture-number step of each NUAA sequence: how sparsely its video was sampled."""
-    return {s.name: float(np.median(np.diff([int(p.stem.split("_")[-1]) for p in s.frames]))) if len(s.frames) > 1
-            else 0.0 for s in dataset.sequences}
-
-
-def export(name: str, seed: int, tracks: list[EyeTrack], val: dict[str, object], out: Path) -> dict[str, object]:
+def export(name: str, seed: int, tracks: list[EyeTrack], val: Validation, out: Path) -> dict[str, object]:
     """Fit on every track, write the ONNX model, and check it against scikit-learn."""
     w = build_windows(tracks)
     pipe = fit(name, seed, w.x, w.y)
@@ -241,7 +235,7 @@ def export(name: str, seed: int, tracks: list[EyeTrack], val: dict[str, object],
         "liveness.name": "eye",
         "liveness.version": f"{__version__}+{name}",
         "liveness.model": name,
-        "liveness.threshold": repr(float(val["pooled_window_threshold"])),  # type: ignore[arg-type]
+        "liveness.threshold": repr(float(val.pooled_window_threshold)),
         "liveness.input": (f"input float32 [N, {2 * EYE_WINDOW + 1}]: eye window of {EYE_WINDOW} [left, right] eye "
                            f"ratios oldest first, flattened l0,r0,l1,r1,...,l{EYE_WINDOW - 1},r{EYE_WINDOW - 1}, "
                            f"sampled at {WINDOW_RATE_HZ:g} Hz (liveness.eyes.EyeHistory), then the track's open_level"),
@@ -252,7 +246,7 @@ def export(name: str, seed: int, tracks: list[EyeTrack], val: dict[str, object],
         "liveness.features": ",".join(("raw20",) if MODELS[name][0] else FEATURES),
         "liveness.sequence_aggregate": f"quantile {SEQUENCE_QUANTILE:g} of the spoof scores of the track's windows",
         "liveness.sequence_quantile": repr(SEQUENCE_QUANTILE),
-        "liveness.sequence_threshold": repr(float(val["pooled_sequence_threshold"])),  # type: ignore[arg-type]
+        "liveness.sequence_threshold": repr(float(val.pooled_sequence_threshold)),
         "liveness.trained_on": f"{len(tracks)} sequences, {len(w.y)} windows",
     }
     model = to_onnx(pipe, MODELS[name][0], meta)
@@ -266,66 +260,13 @@ def export(name: str, seed: int, tracks: list[EyeTrack], val: dict[str, object],
     return {"path": str(out), "onnx_max_abs_diff": diff, "windows": int(len(w.y)), "metadata": meta}
 
 
-def _seed_rows(root: Path) -> tuple[np.ndarray, np.ndarray]:
-    path = root if root.is_file() else root / "eye_ratio_r_f.csv"
-    if not path.is_file():
-        raise LivenessError(f"{path}: seed CSV not found")
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))[1:]
-    x = np.array([[float(v) for v in r[: 2 * EYE_WINDOW]] for r in rows])
-    y = np.array([int(r[2 * EYE_WINDOW].strip() == "fake") for r in rows])
-    return x, y
-
-
-def seed_runs(x: np.ndarray) -> np.ndarray:
-    """Recording id of each seed-CSV row: consecutive rows that share 9 frames are one recording.
-
-    Each row lists frames newest first, so a row's older 9 frames are the next row's newer 9.
-    """
-    overlap = np.all(np.isclose(x[1:, : 2 * (EYE_WINDOW - 1)], x[:-1, 2:]), axis=1)
-    return np.concatenate([[0], np.cumsum(~overlap)])
-
-
-def seed_split(runs: np.ndarray, test_fraction: float, seed: int, block: int = EYE_WINDOW) -> tuple[np.ndarray, np.ndarray]:
-    """Train and test rows with no frame in common: blocks of consecutive rows go to one side,
-    and training rows within ``EYE_WINDOW - 1`` rows of a test row of the same recording are dropped."""
-    rng = np.random.default_rng(seed)
-    pos = np.concatenate([np.arange((runs == r).sum()) for r in np.unique(runs)])
-    blocks = runs * 10_000 + pos // block
-    ids = np.unique(blocks)
-    test_blocks = rng.choice(ids, size=max(1, round(test_fraction * len(ids))), replace=False)
-    test = np.isin(blocks, test_blocks)
-    near = np.zeros(len(runs), dtype=bool)
-    for i in np.flatnonzero(test):
-        near |= (runs == runs[i]) & (np.abs(np.arange(len(runs)) - i) <= EYE_WINDOW - 1)
-    return np.flatnonzero(~test & ~near), np.flatnonzero(test)
-
-
-def seed_csv(root: Path, seed: int) -> dict[str, object]:
-    """The original's KNN (k=3) on its CSV: random row split (as published) versus a leak-free split."""
-    x, y = _seed_rows(root)
-    runs = seed_runs(x)
-    rng = np.random.default_rng(seed)
-    naive, honest = [], []
-    for rep in range(20):
-        perm = rng.permutation(len(y))
-        te, tr = perm[: round(0.3 * len(y))], perm[round(0.3 * len(y)):]
-        naive.append(float((KNeighborsClassifier(3).fit(x[tr], y[tr]).predict(x[te]) == y[te]).mean()))
-        tr, te = seed_split(runs, 0.3, seed + rep)
-        honest.append(float((KNeighborsClassifier(3).fit(x[tr], y[tr]).predict(x[te]) == y[te]).mean()))
-    return {"rows": int(len(y)), "recordings": int(runs.max() + 1),
-            "recording_sizes": np.bincount(runs).tolist(), "claimed_test_accuracy": SEED_CLAIMED_ACCURACY,
-            "random_row_split_accuracy": float(np.mean(naive)), "leak_free_split_accuracy": float(np.mean(honest)),
-            "leak_free_split_accuracy_std": float(np.std(honest)), "repeats": 20,
-            "note": ("each class is one recording (rows 0-98 and 99 live, 100-199 fake), so no split can test on an "
-                     "unseen recording; the leak-free split only keeps shared frames off both sides")}
-
-
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``liveness train eye``."""
+    from liveness.models import eye_audits  # the audits score with this module's figures
+
     root = Path(args.root)
     if args.dataset == "seed-csv":
-        report: dict[str, object] = {"dataset": "seed-csv", "seed": args.seed, **seed_csv(root, args.seed)}
+        report: dict[str, object] = {"dataset": "seed-csv", "seed": args.seed, **eye_audits.seed_csv(root, args.seed)}
     else:
         dataset = datasets.load(args.dataset, root, "all" if args.dataset == "nuaa" else None)
         tracks = eye_tracks(dataset)
@@ -337,9 +278,9 @@ def run(args: argparse.Namespace) -> int:
         results = {n: validate(n, args.seed, tracks) for n in names}
         chosen = args.model or DEFAULT_MODEL
         report = {"dataset": args.dataset, "seed": args.seed, "sequences": len(tracks),
-                  "validation": results, "model": chosen}
+                  "validation": {n: asdict(v) for n, v in results.items()}, "model": chosen}
         if args.dataset == "nuaa":
-            report["frame_spacing_only_baseline"] = rate_baseline(tracks, picture_steps(dataset))
+            report["frame_spacing_only_baseline"] = eye_audits.rate_baseline(tracks, eye_audits.picture_steps(dataset))
         shipped = tracks
         if args.train_session:  # a fold model, for honest cross-session fusion figures
             shipped = [t for t in tracks if t.session == args.train_session]

@@ -12,7 +12,8 @@ from liveness.eyes import window_features
 from liveness.models.datasets import Dataset, nuaa
 from liveness.models.eye_data import eye_tracks
 from liveness.models.eye_onnx import INPUT, OUTPUT, feature_graph, to_onnx
-from liveness.models.train_eye import (MODELS, _seed_rows, build_windows, fit, seed_runs, seed_split, spoof_scores)
+from liveness.models.eye_audits import _seed_rows, seed_runs, seed_split
+from liveness.models.train_eye import MODELS, build_windows, fit, spoof_scores
 from tests.conftest import NUAA, SHARED
 
 SEED_CSV = SHARED / "data" / "seed-eye-ratio"

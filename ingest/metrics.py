@@ -5,6 +5,9 @@ from prometheus_client import Counter, Gauge, Histogram
 FRAMES_READ = Counter("liveness_frames_read_total", "Frames decoded from the source", ["camera"])
 FRAMES_PROCESSED = Counter("liveness_frames_processed_total", "Frames run through the face pipeline", ["camera"])
 FRAMES_SKIPPED = Counter("liveness_frames_skipped_total", "Frames not processed: newer frame came or over max fps", ["camera"])
+FRAMES_CORRUPT = Counter("liveness_frames_corrupt_total",
+                         "Frames not processed: damaged (lost slices or packets), before the first keyframe, "
+                         "or predicted from a damaged one", ["camera"])
 FRAMES_SHED = Counter("liveness_frames_shed_total", "Face crops not published because face consumers lag", ["camera"])
 FACES = Counter("liveness_faces_total", "Faces seen (one per track per processed frame)", ["camera"])
 TRACKS = Counter("liveness_tracks_total", "Tracks started", ["camera"])

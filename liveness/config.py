@@ -110,6 +110,9 @@ class CameraSettings(CameraTuning):
     label: Literal["live", "spoof"] | None = Field(None, description="Ground truth, for evaluation cameras")
     open_timeout_s: float = Field(10.0, gt=0, description="Time to open the source")
     read_timeout_s: float = Field(5.0, gt=0, description="Time without a frame before reconnecting")
+    rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description=(
+        "RTSP over TCP (interleaved) or UDP: UDP loses packets on busy networks and machines, and "
+        "every frame from a loss to the next keyframe is then skipped as damaged"))
 
     @field_validator("source")
     @classmethod

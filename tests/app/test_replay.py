@@ -44,10 +44,10 @@ def psnr_to_nearest(frames: list[np.ndarray], source: list[np.ndarray]) -> list[
     return out
 
 
-def read_for(url: str, seconds: float, after_s: float = 0.0) -> list[np.ndarray]:
+def read_for(url: str, seconds: float, after_s: float = 0.0, transport: str = "tcp") -> list[np.ndarray]:
     """Every frame ingest's capture hands over in ``seconds`` (or until the stream ends), opened ``after_s`` late."""
     time.sleep(after_s)
-    cap = open_capture(CameraSettings(id="fidelity", source=url))
+    cap = open_capture(CameraSettings.model_validate({"id": "fidelity", "source": url, "rtsp_transport": transport}))
     frames: list[np.ndarray] = []
     try:
         deadline = time.monotonic() + seconds
@@ -61,8 +61,8 @@ def read_for(url: str, seconds: float, after_s: float = 0.0) -> list[np.ndarray]
     return frames
 
 
-def read_all(reads: dict[str, tuple[str, float, float]]) -> dict[str, list[np.ndarray]]:
-    """The reads in parallel threads, as ingest reads its cameras: name -> (url, seconds, after_s)."""
+def read_all(reads: dict[str, tuple[str, float, float, str]]) -> dict[str, list[np.ndarray]]:
+    """The reads in parallel threads, as ingest reads its cameras: name -> (url, seconds, after_s, transport)."""
     out: dict[str, list[np.ndarray]] = {}
     threads = [threading.Thread(target=lambda k=k, a=a: out.__setitem__(k, read_for(*a))) for k, a in reads.items()]
     for t in threads:
@@ -101,8 +101,8 @@ def test_replay_serves_videos_and_sequences_as_they_are(tmp_path: Path) -> None:
     replay = Replay(sequences, free_port(), 15.0, tmp_path / "frames")
     try:
         urls = {str(c["id"]): str(c["source"]) for c in replay.cameras}
-        reads = {name: (url, 4.0, 0.0) for name, url in urls.items()}
-        reads["late"] = (urls["portrait"], 2.5, 1.3)  # joins the shared stream mid-GOP
+        reads = {name: (url, 4.0, 0.0, "tcp") for name, url in urls.items()}
+        reads["late"] = (urls["portrait"], 2.5, 1.3, "tcp")  # joins the shared stream mid-GOP
         frames = read_all(reads)
     finally:
         replay.close()
@@ -142,12 +142,13 @@ def ip_cameras(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def test_ip_camera_streams_read_as_sent(ip_cameras: dict[str, Path]) -> None:
-    transport = "tcp"
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_ip_camera_streams_read_as_sent(ip_cameras: dict[str, Path], transport: str) -> None:
+    """Over UDP, frames a lost packet damaged are skipped (``StreamCapture``): the rest must be whole."""
     sources = {codec: [image for _, image in read_video(path)] for codec, path in ip_cameras.items()}
     server = RecordingServer({codec: path for codec, path in ip_cameras.items()})
     try:
-        frames = read_all({codec: (server.url(codec), 8.0, 0.0) for codec in ip_cameras})
+        frames = read_all({codec: (server.url(codec), 8.0, 0.0, transport) for codec in ip_cameras})
     finally:
         server.close()
     for codec, got in frames.items():

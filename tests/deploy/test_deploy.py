@@ -46,6 +46,7 @@ DASHBOARD_METRICS = {
     "liveness_consumer_lag", "liveness_consumer_pending", "liveness_scored_total", "liveness_batch_size_bucket",
     "liveness_camera_up", "liveness_camera_fps", "liveness_camera_reconnects_total", "liveness_frames_shed_total",
     "liveness_messages_dead_lettered_total", "liveness_forged_decisions",
+    "liveness_frames_corrupt_total",
 }
 """What the dashboard must show (issue 6, deploy/)."""
 

@@ -64,9 +64,11 @@ def test_rtsp_camera_publishes_crops_and_eye_windows(rtsp: RtspServer, r: redis.
     assert any(e.window is not None and len(e.window) == 10 for e in eyes)
     frames = [e.frame for e in eyes]
     assert frames == sorted(frames)
-    # the camera sends 15 fps, 10 are processed, an eye sample goes out every 3rd of those
-    gaps = np.diff(frames)  # 4 or 5; more where a frame was skipped under load
-    assert gaps.min() >= 4 and np.median(gaps) <= 5, "an eye sample every eye_every (3) processed frames"
+    # the camera sends 15 fps, 10 are processed, an eye sample goes out every 3rd of those: 4 or 5
+    # frames apart; 3 where frames came bunched (the pacer takes a frame up to a quarter period
+    # early), more where a frame was skipped under load
+    gaps = np.diff(frames)
+    assert gaps.min() >= 3 and np.median(gaps) <= 5, "an eye sample every eye_every (3) processed frames"
     assert all(abs(e.capture_ts - time.time()) < 120 for e in eyes)
     img = cv2.imdecode(np.frombuffer(crops[0].jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert img.shape == (80, 160, 3) and crops[0].views == [2.7, 4.0]

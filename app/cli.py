@@ -79,6 +79,12 @@ def _status(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ready", action="store_true", help="with --self: exit 0 only if it says ready")
 
 
+def _targets(p: argparse.ArgumentParser) -> None:
+    _config(p)
+    p.add_argument("--out", required=True, metavar="FILE.json", help="Prometheus file_sd file to write")
+    p.add_argument("--every", type=float, metavar="S", help="keep rewriting it every S seconds (default: once)")
+
+
 def _label(p: argparse.ArgumentParser) -> None:
     _config(p)
     p.add_argument("--camera", required=True)
@@ -217,6 +223,8 @@ COMMANDS: dict[str, tuple[str, str, Adder]] = {
     "decisions": ("liveness.fusion.decisions", "print decisions (JSON lines with --json)", _decisions),
     "status": ("liveness.app.status", "every service process, from its heartbeat: state, host, metrics port "
                "(exit 1 if one went silent or a configured camera does not deliver)", _status),
+    "targets": ("liveness.app.targets", "Prometheus file_sd targets from the heartbeats: every process that beats, "
+                "where it serves its metrics", _targets),
     "label": ("liveness.fusion.label", "operator feedback: the ground truth of a track", _label),
     "train-face": ("liveness.models.train_face", "fit the face model's head, leaving each source out in turn, and export it (extra 'train')", _train_face),
     "train-eye": ("liveness.models.train_eye", "train and export the eye model", _train_eye),

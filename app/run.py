@@ -23,6 +23,7 @@ import redis
 
 from liveness.app.demo_camera import write_clip
 from liveness.app.localredis import PrivateRedis
+from liveness.app.targets import TargetsWriter
 from liveness.config import Settings, load_settings
 from liveness.contract import Decision, Keys
 from liveness.fusion.decisions import tail
@@ -165,10 +166,18 @@ def run(args: argparse.Namespace) -> int:
         threading.Thread(target=print_decisions, args=(settings, stop), daemon=True).start()
         deadline = None if args.duration is None else time.monotonic() + args.duration
 
+        targets = None
+        if settings.metrics.targets_file:
+            targets = TargetsWriter(client, keys, settings.metrics, Path(settings.metrics.targets_file))
+
         def until() -> bool:
             beacon.beat("ready")  # from the supervisor's own loop: a supervisor that hangs goes silent
+            if targets is not None:
+                targets.due()
             return deadline is not None and time.monotonic() >= deadline
 
         code = Supervisor(specs, client, keys).run(until=until)
         beacon.stop()
+        if targets is not None:  # its processes stopped: none left for Prometheus to find down
+            targets.due(force=True)
         return code

@@ -43,6 +43,9 @@ class MetricsSettings(Section):
     host: str = Field("127.0.0.1", description=(
         "Address the /metrics endpoints listen on; loopback unless a Prometheus on another host scrapes them "
         "(0.0.0.0)"))
+    targets_file: str | None = Field(None, description=(
+        "Prometheus file_sd JSON that liveness run keeps listing every process beating under the prefix, "
+        "from their heartbeats (deploy/prometheus/prometheus-local.yml reads deploy/prometheus/targets/*.json)"))
 
 
 class StreamSettings(Section):

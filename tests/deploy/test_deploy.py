@@ -138,10 +138,15 @@ def test_prometheus_config_is_valid(name: str) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_prometheus_local_covers_the_metrics_ports() -> None:
+def test_prometheus_local_discovers_the_targets_run_writes() -> None:
+    """No guessed ports: the file_sd files liveness run and liveness targets write (tests/e2e/test_targets.py)."""
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus-local.yml").read_text())
-    targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
-    assert {f"localhost:{p}" for p in range(METRICS_PORT, METRICS_PORT + 21)} <= targets
+    (job,) = config["scrape_configs"]
+    assert set(job) == {"job_name", "file_sd_configs"}, "no static targets"
+    (sd,) = job["file_sd_configs"]
+    assert sd["files"] == ["targets/*.json"]
+    ignored = (DEPLOY / "prometheus" / "targets" / ".gitignore").read_text().splitlines()
+    assert "*" in ignored, "what run writes there stays out of the repository"
 
 
 def exposed_metric_names() -> set[str]:

@@ -63,7 +63,7 @@ def bench_face(args: argparse.Namespace) -> dict[str, Any]:
     """
     from threadpoolctl import threadpool_limits
 
-    from liveness.workers.runners import OnnxModel
+    from liveness.workers.runners import SLICE, OnnxModel
 
     model = OnnxModel(args.model or artifact_path("face.onnx"), threads=1)
     rng = np.random.default_rng(0)
@@ -82,7 +82,7 @@ def bench_face(args: argparse.Namespace) -> dict[str, Any]:
             "ms_b1": round(ms_b1, 4), "ms_b32": round(ms_b32, 4), "ref_ms": round(ref, 3),
             "ratio_b1": round(statistics.median(r[1] / r[0] for r in rounds), 4),
             "ratio_b32": round(statistics.median(r[2] / r[0] for r in rounds), 4), "rounds": ROUNDS,
-            "blas": pools}
+            "blas": pools, "slice": SLICE}
 
 
 def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:

@@ -79,6 +79,9 @@ class DetectSettings(Section):
     every_n_frames: int = Field(8, ge=1, description="Run the face detector every N processed frames")
     min_face_px: int = Field(48, ge=20, description="Ignore faces narrower than this in the full frame")
     max_faces: int = Field(4, ge=1, description="Most faces tracked per camera")
+    start_score: float = Field(0.7, ge=0.0, le=1.0, description=(
+        "Detector score a face needs to start a track (one it keeps needs 0.5): BlazeFace's false "
+        "faces (a cat, a colour wheel, a pattern beside a face) stay under 0.61, real ones score 0.8-0.97"))
     tiles: bool = Field(True, description=(
         "Where BlazeFace finds no face on the whole frame, look again on overlapping tiles (faces down to "
         "about 5 % of the frame's width), once per change of the scene"))

@@ -163,13 +163,17 @@ class FacePipeline:
 
     def detect(self, frame: np.ndarray) -> list[tuple[int, int, int, int]]:
         """Face boxes ``(x, y, w, h)`` in full-frame pixels, best first, shaped as the landmark model expects."""
+        return [box for box, _ in self.detections(frame)]
+
+    def detections(self, frame: np.ndarray) -> list[tuple[tuple[int, int, int, int], float]]:
+        """``detect``'s boxes with their detector scores."""
         found = self._detector.detect(frame)
         if not found and self._needs_second_look(frame):
             found = self._tiled(frame)
         # BlazeFace's box sits 3.5 % of its height lower than dlib's and is as large
-        boxes = [(x, int(y - 0.035 * h), w, h) for (x, y, w, h), _ in found
-                 if w >= self.detect_settings.min_face_px]
-        return boxes[: self.detect_settings.max_faces]
+        out = [((x, int(y - 0.035 * h), w, h), score) for (x, y, w, h), score in found
+               if w >= self.detect_settings.min_face_px]
+        return out[: self.detect_settings.max_faces]
 
     def _needs_second_look(self, frame: np.ndarray) -> bool:
         if not self.detect_settings.tiles:

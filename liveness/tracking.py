@@ -83,10 +83,12 @@ class FaceTracker(Generic[S]):
         """Pair tracks with this frame's detections by their last box; landmarks once per face.
 
         A matched track is landmarked in the detector's box (re-anchored: no drift), a missed one
-        in the box its last landmarks give, a new face in its detection box.
+        in the box its last landmarks give, a new face in its detection box. A track starts only
+        on a detection of ``start_score`` or more, so a track is a face; one it keeps may score
+        less (a turned head), and a track without a matching detection ends after ``MAX_MISSES``.
         """
-        boxes = self.pipeline.detect(frame)
-        unmatched = list(boxes)
+        found = self.pipeline.detections(frame)
+        unmatched = [box for box, _ in found]
         kept: list[Track[S]] = []
         missed: list[tuple[Track[S], tuple[int, int, int, int]]] = []
         for track, last in sorted(tracks, key=lambda tb: -tb[0].frames):
@@ -106,7 +108,9 @@ class FaceTracker(Generic[S]):
             else:
                 self.ended.append(track)
         room = self.pipeline.detect_settings.max_faces - len(kept)
-        for box in unmatched[: max(room, 0)]:
+        start = self.pipeline.detect_settings.start_score
+        confident = [box for box, score in found if score >= start and box in unmatched]
+        for box in confident[: max(room, 0)]:
             kept.append(Track(self._new_id(), self.pipeline.face(grey, box), first_frame=index))
         return kept
 

@@ -156,3 +156,25 @@ def test_a_cut_ends_the_lost_track_instead_of_following_the_background() -> None
     assert max(per_frame) == 1, f"the first person's track outlived the cut: tracks per frame {per_frame}"
     assert len(ids) == 2
     assert sum(1 for n in per_frame[30:] if n == 0) <= 8, "the second person is found by the next detection round"
+
+
+def test_no_track_starts_on_a_scene_without_a_person() -> None:
+    """A colour wheel seen by a shaking, noisy camera: BlazeFace calls it a face at 0.58-0.6,
+    under the score a track needs to start, so no track and nothing to decide. The astronaut's
+    face (0.92) in the same conditions starts one."""
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    for name, faces in (("colorwheel", 0), ("astronaut", 1)):
+        scene = cv2.cvtColor(np.ascontiguousarray(getattr(data, name)()[:, :, :3]), cv2.COLOR_RGB2BGR)
+        pipe = FacePipeline()
+        assert pipe.detections(scene), f"{name}: the detector sees a face"
+        tracker = FaceTracker(pipe)
+        h, w = scene.shape[:2]
+        ids = set()
+        for i in range(40):
+            shake = np.float32([[1, 0, rng.integers(-2, 3)], [0, 1, rng.integers(-2, 3)]])
+            frame = cv2.warpAffine(scene, shake, (w, h), borderMode=cv2.BORDER_REFLECT)
+            frame = np.clip(frame + rng.normal(0, 3, frame.shape), 0, 255).astype(np.uint8)
+            ids |= {t.id for t in tracker.update(frame, i)}
+        assert len(ids) == faces, f"{name}: {len(ids)} tracks"

@@ -36,7 +36,7 @@ from liveness import lifecycle
 from liveness.config import Settings, load_settings
 from liveness.contract import Decision, EyeScore, FaceScore, Keys, Label, Score
 from liveness.errors import CorruptStateError, PoisonMessageError
-from liveness.evidence import TrackEvidence, live_baseline, load_policy
+from liveness.evidence import TrackEvidence, decided_by, live_baseline, load_policy
 from liveness.fusion import metrics
 from liveness.fusion.webhook import Webhook
 from liveness.heartbeat import Beacon
@@ -235,6 +235,8 @@ class FusionConsumer(StreamConsumer):
     def decided(self, d: Decision, first: bool) -> None:
         """A committed decision's metrics, log line and webhook."""
         metrics.DECISIONS.labels(d.camera, d.verdict).inc()
+        evidence = decided_by(d.face_evidence, d.eye_evidence, d.verdict, self.fusion.policy)
+        metrics.DECIDED_BY.labels(d.camera, evidence).inc()
         metrics.PIPELINE_LATENCY.labels(d.camera).observe(max(0.0, d.decided_ts - d.last_capture_ts))
         if first:
             metrics.TIME_TO_DECISION.labels(d.camera).observe(max(0.0, d.decided_ts - d.first_capture_ts))

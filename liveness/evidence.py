@@ -271,6 +271,24 @@ class TrackEvidence:
         return None
 
 
+Decider = Literal["face", "eye", "both"]
+"""The kind of evidence that carried a decision; ``both`` when only their sum reached the threshold."""
+
+
+def decided_by(face: float, eye: float, verdict: Verdict, policy: Policy) -> Decider:
+    """Which evidence carried a decision of ``verdict`` with evidence (``face``, ``eye``): the kind that
+    alone reaches the verdict's threshold (the larger, when each does), else both.
+
+    What an operator needs to see per camera: whether the face model decides alone, or the eyes
+    (or another cue) turn decisions.
+    """
+    sign, need = (1.0, policy.spoof_at) if verdict == "spoof" else (-1.0, policy.live_at)
+    face_alone, eye_alone = sign * face >= need, sign * eye >= need
+    if face_alone and eye_alone:
+        return "face" if sign * face >= sign * eye else "eye"
+    return "face" if face_alone else "eye" if eye_alone else "both"
+
+
 class Change(NamedTuple):
     """A track's verdict changed: the decision event fusion publishes."""
 

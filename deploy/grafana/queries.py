@@ -7,8 +7,9 @@ from pathlib import Path
 
 DASHBOARD = Path(__file__).resolve().parent / "dashboards" / "liveness.json"
 
-VARIABLES = {"$camera": ".*", "$__rate_interval": "1m"}
-"""Dashboard variable -> what Grafana would send: every camera, and a rate window of 4 scrapes at 15 s."""
+VARIABLES = {"$camera": ".*", "$__rate_interval": "1m", "$__range": "1h"}
+"""Dashboard variable -> what Grafana would send: every camera, a rate window of 4 scrapes at 15 s, and the
+dashboard's default time range."""
 
 
 def load(path: Path = DASHBOARD) -> dict:

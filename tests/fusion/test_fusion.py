@@ -13,7 +13,7 @@ import redis
 import yaml
 
 from liveness.contract import Decision, EyeScore, FaceScore, Keys, Label
-from liveness.evidence import Policy, TrackEvidence
+from liveness.evidence import Policy, TrackEvidence, decided_by
 from liveness.streams import settled
 from tests.conftest import free_port, liveness_cmd, wait_for
 from tests.fixtures import (fusion_config, metric, metrics_port, read_decisions, send_face_score, start_fusion,
@@ -31,6 +31,15 @@ def test_policy_defaults_decide_as_documented() -> None:
         ev.add("face", 0.95, 1.0 + i, policy)
     assert ev.decide(policy)[0] == "spoof"
     assert TrackEvidence.from_hash({k.encode(): v.encode() for k, v in ev.to_hash().items()}) == ev
+
+
+def test_decided_by_names_the_evidence_that_reached_the_threshold() -> None:
+    policy = Policy(spoof_at=2.0, live_at=3.0)
+    assert decided_by(2.5, 0.0, "spoof", policy) == "face"
+    assert decided_by(-0.5, -3.0, "live", policy) == "eye"
+    assert decided_by(-2.0, -1.5, "live", policy) == "both"
+    assert decided_by(2.1, 2.6, "spoof", policy) == "eye", "each alone suffices: the larger"
+    assert decided_by(3.5, -1.0, "spoof", policy) == "face", "against the verdict counts for nothing"
 
 
 def test_interleaved_tracks_and_duplicates(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
@@ -73,7 +82,14 @@ def test_labels_move_the_accuracy_gauges(r: redis.Redis, prefix: str, tmp_path: 
             send_face_score(r, keys, "door", "a2", frame, 0.03, "spoof")
             send_face_score(r, keys, "door", "l1", frame, 0.04, "live")
             send_face_score(r, keys, "gate", "g1", frame, 0.95)
-        wait_for(lambda: len(read_decisions(r, keys)) >= 4, timeout_s=30)
+        # hall: a neutral face, and eyes that blink in every window: the eyes decide
+        for frame in range(10):
+            now = time.time()
+            r.xadd(keys.stream(EyeScore), EyeScore(f"h{frame}", "hall", "h1", frame, now, now, now, 0.02, "eye",
+                                                   "t").to_fields())
+        for frame in range(3):
+            send_face_score(r, keys, "hall", "h1", frame, 0.5)
+        wait_for(lambda: len(read_decisions(r, keys)) >= 5, timeout_s=30)
         wait_for(lambda: metric(port, 'liveness_apcer{camera="door",window="run"}') == 0.5, timeout_s=10)
         assert metric(port, 'liveness_bpcer{camera="door",window="run"}') == 0.0
         assert metric(port, 'liveness_acer{camera="door",window="run"}') == 0.25
@@ -87,7 +103,11 @@ def test_labels_move_the_accuracy_gauges(r: redis.Redis, prefix: str, tmp_path: 
         assert metric(port, 'liveness_apcer{camera="all",window="run"}') == 0.5
         assert metric(port, 'liveness_bpcer{camera="all",window="run"}') == 0.5
         assert metric(port, 'liveness_decisions_total{camera="door",verdict="live"}') == 2
-        assert metric(port, "liveness_time_to_decision_seconds_count") == 4
+        assert metric(port, "liveness_time_to_decision_seconds_count") == 5
+        # which evidence carried each decision: the face alone, but in the hall the eyes alone
+        assert metric(port, 'liveness_decisions_by_evidence_total{camera="door",evidence="face"}') == 3
+        assert metric(port, 'liveness_decisions_by_evidence_total{camera="hall",evidence="eye"}') == 1
+        assert metric(port, 'liveness_decisions_by_evidence_total{camera="hall",evidence="face"}') == 0
     finally:
         stop_process(proc)
 

@@ -16,6 +16,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from liveness.errors import LivenessError
+from liveness.supervisor import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,9 @@ class PrivateRedis:
         config.touch(mode=0o600)
         config.write_text(f"port {self.port}\nbind 127.0.0.1\nrequirepass {password}\nsave \"\"\nappendonly no\n"
                           f"dir {self._dir.name}\nmaxmemory 512mb\nmaxmemory-policy noeviction\n")
-        self._proc = subprocess.Popen([binary, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # SIGTERM when we die, even killed: no Redis left behind holding crops (before any thread starts)
+        self._proc = subprocess.Popen([binary, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      preexec_fn=die_with_parent)
         self.url = f"redis://:{password}@127.0.0.1:{self.port}/0"
         client = redis.Redis.from_url(self.url, retry=no_retry())
         for _ in range(100):

@@ -113,3 +113,30 @@ def test_no_child_outlives_a_killed_supervisor(run: Run) -> None:
     killed_at = time.monotonic()
     wait_for(lambda: not any(pid_alive(pid) for pid in children.values()), timeout_s=5, every_s=0.1)
     print(f"every child ended {time.monotonic() - killed_at:.1f} s after the supervisor's SIGKILL")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid``, as the kernel lists children."""
+    try:
+        children = {int(c) for t in Path(f"/proc/{pid}/task").iterdir()
+                    for c in (t / "children").read_text().split()}
+    except FileNotFoundError:
+        return set()
+    return children.union(*(descendants(c) for c in children))
+
+
+def test_a_killed_run_leaves_neither_children_nor_its_private_redis(tmp_path: Path) -> None:
+    clip = make_clip(nuaa_sequence(FAULT_CLIPS["live-a"]), tmp_path / "cam.avi")
+    config = tmp_path / "config.yaml"  # no redis.url: run starts a private Redis of its own
+    config.write_text(yaml.safe_dump({"prefix": "supervision", "metrics": {"port": 0},
+                                      "cameras": [{"id": "cam", "source": str(clip)}]}))
+    run = subprocess.Popen(liveness_cmd("run", "--config", str(config), "--loop"), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        # the private redis-server, the fork server and its four children (and the resource tracker)
+        tree = wait_for(lambda: d if len(d := descendants(run.pid)) >= 7 else None, timeout_s=120)
+        assert any(Path(f"/proc/{p}/comm").read_text().strip() == "redis-server" for p in tree)
+    finally:
+        run.kill()
+        run.wait(10)
+    wait_for(lambda: not any(pid_alive(p) for p in tree), timeout_s=5, every_s=0.1)

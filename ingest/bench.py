@@ -33,10 +33,10 @@ ROUNDS = 3
 
 STAGES = {
     "decode": ("capture.py", "get"),
-    "detect": ("face.py", "detect"),
+    "detect": ("face.py", "detections"),
     "landmarks": ("face.py", "face"),
     "crop_jpeg": ("face.py", "crop_jpeg"),
-    "publish": ("service.py", "flush"),
+    "publish": ("publisher.py", "flush"),
 }
 """Stage -> the function whose cumulative CPU time it is (file name, function name): reading and
 decoding a frame, the face detector, landmarks and eye ratios of one face, cutting and encoding
@@ -99,11 +99,11 @@ def ingest_fps(source: str, frames: int, config: str | None,
             service.start()
         else:
             profile.runcall(service.start)
-        elapsed = time.perf_counter() - service.capture_started  # models loaded, Redis connected
+        elapsed = time.perf_counter() - service.reader.started  # models loaded, Redis connected
     finally:
         for key in client.scan_iter(f"{settings.prefix}:*"):
             client.delete(key)
-    return service.frames_read / elapsed, service.frames
+    return service.reader.frames_read / elapsed, service.frames
 
 
 def stage_cpu_ms(source: str, frames: int, config: str | None) -> dict[str, float]:
@@ -126,7 +126,7 @@ def stage_cpu_ms(source: str, frames: int, config: str | None) -> dict[str, floa
         cumulative[key] = cumulative.get(key, 0.0) + ct
     out = {stage: 1000.0 * cumulative.get(where, 0.0) / processed for stage, where in STAGES.items()}
     out["decode"] *= processed / frames
-    rest = cumulative[("service.py", "capture_loop")] - cumulative.get(STAGES["decode"], 0.0)
+    rest = cumulative[("camera.py", "run")] - cumulative.get(STAGES["decode"], 0.0)
     out["total"] = out["decode"] + 1000.0 * rest / processed
     out["other"] = out["total"] - sum(out[stage] for stage in STAGES)
     return {k: round(v, 3) for k, v in out.items()}

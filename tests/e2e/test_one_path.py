@@ -92,7 +92,7 @@ def live_run(r: redis.Redis, prefix: str, tmp_path: Path, images: list[np.ndarra
         ingest.lag_check_s = 0.0  # ask fusion before every frame: the source has waited for it
         source = LockstepSource(images, r, keys)
         try:
-            ingest.read_frames(source, live=True)  # type: ignore[arg-type]  # a reader in all but name
+            ingest.reader.read_frames(source, True, ingest)
         finally:
             ingest.beacon.stop()
         wait_for(source.digested, timeout_s=60)

@@ -22,10 +22,6 @@ class CorruptStateError(LivenessError):
     write, a hostile client): reset it, never read it as evidence."""
 
 
-class RetryableError(LivenessError):
-    """A transient failure (Redis down, model busy): try again later."""
-
-
 class ModelError(LivenessError):
     """A model file is missing, corrupt, or does not have the expected inputs and outputs."""
 

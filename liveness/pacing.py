@@ -19,13 +19,3 @@ class FramePacer:
             return False
         self._due = max(self._due + self.period, ts + 0.5 * self.period)
         return True
-
-    def reset(self) -> None:
-        """Forget the schedule (a file camera starting over)."""
-        self._due = float("-inf")
-
-
-def sends(track_frame: int, every: int) -> bool:
-    """True for a track's 1st, (every + 1)-th, ... frame (counted from 1): the frames that send a
-    crop (``crop_every``) or an eye window (``eye_every``), live and offline alike."""
-    return (track_frame - 1) % every == 0

@@ -62,7 +62,6 @@ class OnnxModel:
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.name = self.metadata.get("liveness.name", self.path.stem)
         self.version = self.metadata.get("liveness.version", "0")
-        self.input_format = self.metadata.get("liveness.input", "")
         self.views = _views(self.path, self.metadata.get("liveness.views"))
         try:
             self.threshold = float(self.metadata["liveness.threshold"])

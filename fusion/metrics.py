@@ -16,10 +16,10 @@ PIPELINE_LATENCY = Histogram(
 )
 DUPLICATES = Counter("liveness_duplicates_ignored_total", "Scores fusion had already counted", ["stream"])
 TRACKS_OPEN = Gauge("liveness_tracks_open", "Tracks fusion holds evidence for")
-APCER = Gauge("liveness_apcer", "Attack presentations accepted as live / attacks (decided, labelled tracks)",
+APCER = Gauge("liveness_apcer_ratio", "Attack presentations accepted as live / attacks (decided, labelled tracks)",
               ["camera", "window"])
-BPCER = Gauge("liveness_bpcer", "Live presentations rejected / live (decided, labelled tracks)", ["camera", "window"])
-ACER = Gauge("liveness_acer", "Mean of APCER and BPCER", ["camera", "window"])
+BPCER = Gauge("liveness_bpcer_ratio", "Live presentations rejected / live (decided, labelled tracks)", ["camera", "window"])
+ACER = Gauge("liveness_acer_ratio", "Mean of APCER and BPCER", ["camera", "window"])
 LABELLED = Gauge("liveness_labelled_tracks", "Decided tracks with ground truth", ["camera", "window", "label"])
 FORGED_DECISIONS = Gauge("liveness_forged_decisions",
                          "Decisions in the sliding window that fail fusion's signature: written by someone else")

@@ -146,7 +146,9 @@ class WorkerSettings(ConsumerSettings):
 
 class FusionSettings(ConsumerSettings):
     batch_size: int = Field(128, ge=1, le=1024, description="Most scores and labels per batch")
-    rule: Literal["evidence", "original"] = Field("evidence", description="Decision rule")
+    rule: Literal["evidence", "last_scores"] = Field("evidence", description=(
+        "Decision rule: evidence (accumulated over the track, liveness.evidence), or last_scores (the last eye "
+        "score says fake -> spoof, else the last face score decides), kept for comparison"))
     policy: str | None = Field(None, description="Policy JSON (None: models/artifacts/fusion.json)")
     live_threshold: float | None = Field(None, description="Log-odds to decide live (None: model card)")
     spoof_threshold: float | None = Field(None, description="Log-odds to decide spoof (None: model card)")

@@ -88,6 +88,11 @@ class Keys:
         """Set of cameras that have a calibration."""
         return f"{self.prefix}:calibrated"
 
+    @property
+    def clips_queue(self) -> str:
+        """Name of the rq queue of clip jobs (``liveness analyze``); rq keeps it under ``rq:queue:<name>``."""
+        return f"{self.prefix}-clips"
+
     def camera_session(self, camera: str) -> str:
         """Counter that makes track ids unique across ingest restarts."""
         return f"{self.prefix}:camera-session:{camera}"

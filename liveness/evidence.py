@@ -5,7 +5,8 @@ counts for at most ``face_cap`` crops, with a discount (frames of one track are 
 correlated, and a long track must not pile up a small bias); eye windows fill a histogram
 whose low quantile says whether the track ever blinked. The sum is compared with two
 thresholds: a spoof needs less evidence than a live face, since a false "spoof" is the cheaper
-error. The original rule (eye says fake -> fake, else the face decides) is kept for comparison.
+error. The ``last_scores`` rule (the last eye score says fake -> fake, else the last face score
+decides: the original project's) is kept for comparison.
 
 The neutral point is where the light of a camera's room puts it, not where training put it:
 a camera with enough live tracks labelled by an operator (``liveness label``) is calibrated,
@@ -184,7 +185,7 @@ class TrackEvidence:
         """The verdict and its confidence (probability of the verdict, from the total log-odds)."""
         if self.face_n < policy.min_face:
             return "undecided", 0.0
-        if rule == "original":
+        if rule == "last_scores":
             eye_fake = self.last_eye >= 0 and self.last_eye >= policy.eye_threshold
             spoof = eye_fake or self.last_face >= policy.face_threshold
             return ("spoof" if spoof else "live"), max(self.last_face, 1 - self.last_face)

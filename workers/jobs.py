@@ -24,6 +24,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegist
 from rq.serializers import JSONSerializer
 
 from liveness.config import load_settings
+from liveness.contract import Keys
 from liveness.defaults import artifact_path
 from liveness.errors import LivenessError
 from liveness.evidence import load_policy
@@ -44,7 +45,7 @@ RESULT_TTL_S = 7 * 24 * 3600
 
 def queue(settings_path: str | None) -> Queue:
     settings = load_settings(settings_path)
-    return Queue(f"{settings.prefix}-clips", connection=connect(settings.redis), serializer=JSONSerializer)
+    return Queue(Keys(settings.prefix).clips_queue, connection=connect(settings.redis), serializer=JSONSerializer)
 
 
 @lru_cache(maxsize=4)

@@ -40,7 +40,7 @@ SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), 
 """Sample names a metric family exposes, by type; other types expose their own name."""
 
 DASHBOARD_METRICS = {
-    "liveness_decisions_total", "liveness_apcer", "liveness_bpcer", "liveness_acer",
+    "liveness_decisions_total", "liveness_apcer_ratio", "liveness_bpcer_ratio", "liveness_acer_ratio",
     "liveness_time_to_decision_seconds_bucket", "liveness_pipeline_latency_seconds_bucket",
     "liveness_stage_latency_seconds_bucket", "liveness_ingest_stage_seconds_bucket",
     "liveness_consumer_lag", "liveness_consumer_pending", "liveness_scored_total", "liveness_batch_size_bucket",

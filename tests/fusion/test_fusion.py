@@ -90,18 +90,18 @@ def test_labels_move_the_accuracy_gauges(r: redis.Redis, prefix: str, tmp_path: 
         for frame in range(3):
             send_face_score(r, keys, "hall", "h1", frame, 0.5)
         wait_for(lambda: len(read_decisions(r, keys)) >= 5, timeout_s=30)
-        wait_for(lambda: metric(port, 'liveness_apcer{camera="door",window="run"}') == 0.5, timeout_s=10)
-        assert metric(port, 'liveness_bpcer{camera="door",window="run"}') == 0.0
-        assert metric(port, 'liveness_acer{camera="door",window="run"}') == 0.25
+        wait_for(lambda: metric(port, 'liveness_apcer_ratio{camera="door",window="run"}') == 0.5, timeout_s=10)
+        assert metric(port, 'liveness_bpcer_ratio{camera="door",window="run"}') == 0.0
+        assert metric(port, 'liveness_acer_ratio{camera="door",window="run"}') == 0.25
         # operator feedback: g1 (no camera label, decided spoof) was in fact live
         label_cfg = str(fusion_config(tmp_path, prefix, port))
         res = subprocess.run(liveness_cmd("label", "--config", label_cfg, "--camera", "gate",
                                           "--track", "g1", "live"), capture_output=True, text=True, timeout=60)
         assert res.returncode == 0, res.stderr
-        wait_for(lambda: metric(port, 'liveness_bpcer{camera="gate",window="run"}') == 1.0, timeout_s=10)
+        wait_for(lambda: metric(port, 'liveness_bpcer_ratio{camera="gate",window="run"}') == 1.0, timeout_s=10)
         # overall: attacks a1 (accepted), a2 (rejected); live l1 (accepted), g1 (rejected)
-        assert metric(port, 'liveness_apcer{camera="all",window="run"}') == 0.5
-        assert metric(port, 'liveness_bpcer{camera="all",window="run"}') == 0.5
+        assert metric(port, 'liveness_apcer_ratio{camera="all",window="run"}') == 0.5
+        assert metric(port, 'liveness_bpcer_ratio{camera="all",window="run"}') == 0.5
         assert metric(port, 'liveness_decisions_total{camera="door",verdict="live"}') == 2
         assert metric(port, "liveness_time_to_decision_seconds_count") == 5
         # which evidence carried each decision: the face alone, but in the hall the eyes alone
@@ -292,7 +292,7 @@ def test_forged_decisions_are_flagged_by_every_reader(r: redis.Redis, prefix: st
         for d in forged:
             r.xadd(keys.stream(Decision), d.to_fields())
         wait_for(lambda: metric(port, "liveness_forged_decisions") == 3, timeout_s=10)
-        assert metric(port, 'liveness_apcer{camera="door",window="sliding"}') == 0.0, "the forged live is left out"
+        assert metric(port, 'liveness_apcer_ratio{camera="door",window="sliding"}') == 0.0, "the forged live is left out"
     finally:
         stop_process(proc)
     res = subprocess.run(liveness_cmd("decisions", "--config", str(cfg), "--json"), capture_output=True, text=True,

@@ -12,7 +12,7 @@ crops), so one analysis serves every policy ``liveness train fusion`` tries.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from liveness.evidence import Change, Policy, TrackEvidence
 from liveness.face import FacePipeline
 from liveness.pacing import FramePacer
 from liveness.sampling import Kind, Sample, Shot, TrackSampler, TrackState, sends
-from liveness.tracking import FaceTracker
+from liveness.tracking import FaceTracker, Track
 from liveness.workers.eye import sample_input
 from liveness.workers.face import check_views, crop_input
 from liveness.workers.runners import OnnxModel
@@ -123,8 +123,10 @@ class OfflineAnalyzer:
         self.pipeline = FacePipeline(self.camera.detect, self.camera.crop)
         check_views(list(self.camera.crop.views), face_model.views)
 
-    def analyze(self, frames: Iterable[tuple[float, np.ndarray]]) -> list[TrackResult]:
-        """Tracks of one clip, longest first. ``frames`` yields (seconds, BGR frame)."""
+    def analyze(self, frames: Iterable[tuple[float, np.ndarray]],
+                observe: Callable[[Track[TrackState], Shot], None] | None = None) -> list[TrackResult]:
+        """Tracks of one clip, longest first. ``frames`` yields (seconds, BGR frame); ``observe`` sees
+        every track on every processed frame (what a study of cues across frames measures)."""
         tracker = FaceTracker[TrackState](self.pipeline)
         sampler = TrackSampler(self.camera, "offline")
         pending: dict[str, list[_Scoring]] = {}
@@ -139,6 +141,8 @@ class OfflineAnalyzer:
                 res = results.setdefault(track.id, TrackResult(track.id, 0, ts, ts))
                 res.frames += 1
                 res.last_ts = ts
+                if observe is not None:
+                    observe(track, shot)
                 samples, _ = sampler.sample(track, shot)  # never decided here: replay skips what a decided track would not send
                 for sample in samples:
                     row = self._row(sample)

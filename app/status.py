@@ -78,12 +78,15 @@ def run(args: argparse.Namespace) -> int:
 
 def judge_self(client: redis.Redis, keys: Keys, name: str, ready: bool) -> int:
     """Exit status of a probe: 0 when the process ``name`` (every process of this host if empty)
-    beats, and with ``ready`` says ready. Without ``ready``, an unreachable Redis passes: a
-    restart would not bring it back, and the process waits for it."""
+    beats, and with ``ready`` says ready. Without ``ready``, a Redis unreachable or out of memory
+    passes: no process can beat then, and a restart would not bring Redis back."""
     try:
         alive, _ = heartbeats(client, keys)
+        cause = "out of memory" if out_of_memory(client, keys) else ""
     except (redis.ConnectionError, redis.TimeoutError) as e:
-        print(f"Redis unreachable ({type(e).__name__}): {'not ready' if ready else 'not judged'}")
+        alive, cause = [], f"unreachable ({type(e).__name__})"
+    if cause:
+        print(f"Redis {cause}: {'not ready' if ready else 'not judged'}")
         return 1 if ready else 0
     host = socket.gethostname()
     mine = [hb for hb in alive if (hb.name == name if name else hb.host == host)]

@@ -11,7 +11,7 @@ import redis
 import yaml
 
 from liveness.contract import Keys
-from tests.conftest import REDIS_URL, RtspServer, free_port, liveness_cmd, wait_for
+from tests.conftest import REDIS_URL, PrivateRedisServer, RtspServer, free_port, liveness_cmd, wait_for
 from tests.fixtures import Services, heartbeat, wait_state
 
 
@@ -60,3 +60,18 @@ def test_status_fails_while_a_camera_never_opened_or_is_lost_past_the_grace(
     assert "Traceback" not in svc.logs["ingest"]
     res = status(live_only)
     assert res.returncode == 1 and "camera live: no ingest:live beats" in res.stdout
+
+
+def test_a_probe_does_not_restart_a_process_for_a_redis_out_of_memory(private_redis: PrivateRedisServer,
+                                                                        prefix: str, tmp_path: Path) -> None:
+    r = private_redis.client()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"prefix": prefix, "redis": {"url": private_redis.url()}}))
+    assert status(cfg, "--self", "nobody").returncode == 1, "Redis takes writes: no heartbeat, not alive"
+    r.config_set("maxmemory", 1)  # every write refused: no process can beat
+    try:
+        alive, ready = status(cfg, "--self", "nobody"), status(cfg, "--self", "nobody", "--ready")
+    finally:
+        r.config_set("maxmemory", 0)
+    assert (alive.returncode, ready.returncode) == (0, 1)
+    assert "Redis out of memory: not judged" in alive.stdout

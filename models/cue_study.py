@@ -260,6 +260,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--videos", help="video sources root (folders layout, one source a folder)")
     ap.add_argument("--nuaa", help="NUAA root: each capture session a source")
+    ap.add_argument("--face-model", help="face ONNX file for the sources without a fold model (default: committed)")
     ap.add_argument("--nuaa-folds", help="DIR with face_loso_nuaa-NN.onnx and eye_trNN.onnx: NUAA scored out of session")
     ap.add_argument("--per-class", type=int, default=20, help="NUAA sequences per class and session (spread evenly)")
     ap.add_argument("--rows", help="JSON file of measured rows: read if it exists, else written")
@@ -277,8 +278,9 @@ def main() -> int:
             return OfflineAnalyzer(OnnxModel(face, input_shape=FACE_INPUT_SHAPE), OnnxModel(eye, input_shape=eye_shape),
                                    Policy(), camera)
 
+        face, eye = str(args.face_model or artifact_path("face.onnx")), str(artifact_path("eye.onnx"))
         if args.videos:
-            shipped = analyzer(str(artifact_path("face.onnx")), str(artifact_path("eye.onnx")))
+            shipped = analyzer(face, eye)
             for d in sorted(p for p in Path(args.videos).iterdir() if p.is_dir()):
                 rows += measure(folders(args.videos, d.name).sequences, shipped, d.name)
         if args.nuaa:
@@ -289,7 +291,7 @@ def main() -> int:
                     folds = Path(args.nuaa_folds)
                     a = analyzer(str(folds / f"face_loso_nuaa-{session}.onnx"), str(folds / f"eye_tr{other}.onnx"))
                 else:
-                    a = analyzer(str(artifact_path("face.onnx")), str(artifact_path("eye.onnx")))
+                    a = analyzer(face, eye)
                 seqs = nuaa(args.nuaa, f"session-{session}").sequences
                 keep = []
                 for label in ("live", "spoof"):

@@ -31,7 +31,7 @@ from prometheus_client import Counter
 
 from liveness.contract import Keys
 from liveness.errors import LivenessError
-from liveness.heartbeat import EVERY_S, TTL_S, pid_alive, read
+from liveness.heartbeat import EVERY_S, TTL_S, out_of_memory, pid_alive, read
 from liveness.redaction import redact_text
 
 log = logging.getLogger(__name__)
@@ -194,8 +194,8 @@ class Supervisor:
     def _kill_hung(self, now: float) -> None:
         """Kill each child whose heartbeat expired (SIGKILL: a stopped process takes no SIGTERM), so
         the loop restarts it as a crashed one. Its heartbeat must be its own (pid and host), and a
-        supervisor cut off from Redis judges nobody: after an outage each child gets a heartbeat's
-        life to beat again."""
+        supervisor that cannot tell judges nobody: not while Redis is unreachable or out of memory
+        (no process can beat then), and after that each child gets a heartbeat's life to beat again."""
         if self.redis is None or now < self._next_watch:
             return
         self._next_watch = now + EVERY_S
@@ -205,25 +205,35 @@ class Supervisor:
             pipe.hgetall(self.keys.heartbeat(spec.heartbeat or ""))
         try:
             replies = pipe.execute(raise_on_error=False)
+            wall = time.time()
+            overdue = []
+            for spec, fields in zip(watched, replies):
+                assert spec.process is not None
+                hb = read(fields)
+                if self._redis_lost and spec.beat_until is not None:
+                    spec.beat_until = max(spec.beat_until, now + TTL_S)
+                if hb is not None and hb.pid == spec.process.pid and hb.host == self.host:
+                    # a clean exit drains, however long: not a hang
+                    spec.beat_until = None if hb.state == "stopped" else now + (hb.expires_ts or hb.ts + TTL_S) - wall
+                elif spec.beat_until is not None and now > spec.beat_until:
+                    overdue.append(spec)
+            if overdue and out_of_memory(self.redis, self.keys):
+                if not self._redis_lost:
+                    log.warning("supervisor: Redis out of memory: %s not beating, not judged (no process can write)",
+                                ", ".join(s.name for s in overdue))
+                self._redis_lost = True
+                return
         except redis.RedisError:
             self._redis_lost = True
             return
-        wall = time.time()
-        for spec, fields in zip(watched, replies):
-            assert spec.process is not None
-            hb = read(fields)
-            if self._redis_lost and spec.beat_until is not None:
-                spec.beat_until = max(spec.beat_until, now + TTL_S)
-            if hb is not None and hb.pid == spec.process.pid and hb.host == self.host:
-                # a clean exit drains, however long: not a hang
-                spec.beat_until = None if hb.state == "stopped" else now + (hb.expires_ts or hb.ts + TTL_S) - wall
-            elif spec.beat_until is not None and now > spec.beat_until:
-                log.warning("supervisor: %s (pid %s) stopped beating: no heartbeat for over %.0f s; killing it",
-                            spec.name, spec.process.pid, TTL_S)
-                HUNG.labels(spec.name).inc()
-                spec.process.kill()
-                spec.beat_until = None
         self._redis_lost = False
+        for spec in overdue:
+            assert spec.process is not None
+            log.warning("supervisor: %s (pid %s) stopped beating: no heartbeat for over %.0f s; killing it",
+                        spec.name, spec.process.pid, TTL_S)
+            HUNG.labels(spec.name).inc()
+            spec.process.kill()
+            spec.beat_until = None
 
     def stop(self, prefix: str = "") -> None:
         """SIGTERM the children (those whose name starts with ``prefix``), let them drain, kill the rest."""

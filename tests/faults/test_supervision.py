@@ -22,7 +22,7 @@ import yaml
 
 from liveness.contract import Keys
 from liveness.heartbeat import TTL_S, heartbeats, pid_alive
-from tests.conftest import REDIS_URL, liveness_cmd, nuaa_sequence, wait_for
+from tests.conftest import REDIS_URL, PrivateRedisServer, liveness_cmd, nuaa_sequence, wait_for
 from tests.fixtures import FAULT_CLIPS, heartbeat, make_clip, wait_state
 
 HOST = socket.gethostname()
@@ -140,3 +140,30 @@ def test_a_killed_run_leaves_neither_children_nor_its_private_redis(tmp_path: Pa
         run.kill()
         run.wait(10)
     wait_for(lambda: not any(pid_alive(p) for p in tree), timeout_s=5, every_s=0.1)
+
+
+def test_no_child_is_killed_for_a_redis_out_of_memory(private_redis: PrivateRedisServer, tmp_path: Path) -> None:
+    r = private_redis.client()
+    keys = Keys("oom")
+    clip = make_clip(nuaa_sequence(FAULT_CLIPS["live-a"]), tmp_path / "cam.avi")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"prefix": keys.prefix, "redis": {"url": private_redis.url()},
+                                      "metrics": {"port": 0}, "cameras": [{"id": "cam", "source": str(clip)}]}))
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        run = subprocess.Popen(liveness_cmd("run", "--config", str(config), "--loop"), stdout=out,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        before = {name: hb.pid for name, hb in wait_state(r, keys, *CHILDREN, timeout_s=120).items()}
+        r.config_set("maxmemory", 1)  # every write refused: no process can beat
+        try:
+            wait_for(lambda: all(heartbeat(r, keys, name) is None for name in CHILDREN), timeout_s=3 * TTL_S)
+            wait_for(lambda: "supervisor: Redis out of memory" in log.read_text(), timeout_s=10)
+        finally:
+            r.config_set("maxmemory", 0)
+        after = {name: hb.pid for name, hb in wait_state(r, keys, *CHILDREN, timeout_s=60).items()}
+        assert after == before, "nobody was restarted"
+        assert "stopped beating" not in log.read_text()
+    finally:
+        run.terminate()
+        run.wait(60)

@@ -18,6 +18,9 @@ from liveness.errors import ConfigError
 
 ENV_PREFIX = "LIVENESS_"
 
+LandmarkModel = Literal["face_mesh", "dlib68"]
+"""The landmark models ``liveness.landmarks`` runs."""
+
 
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, not silently ignored."""
@@ -85,6 +88,11 @@ class DetectSettings(Section):
     tiles: bool = Field(True, description=(
         "Where BlazeFace finds no face on the whole frame, look again on overlapping tiles (faces down to "
         "about 5 % of the frame's width), once per change of the scene"))
+    landmarks: LandmarkModel = Field("face_mesh", description=(
+        "Landmark model for the eye ratios and the face box: 'face_mesh', MediaPipe's face mesh "
+        "(Apache-2.0, shipped); or 'dlib68', dlib's 68-point model, which needs "
+        "pip install 'liveness[dlib68]' and is trained on iBUG 300-W, whose licence excludes "
+        "commercial use: not for a commercial product"))
 
 
 class CameraTuning(Section):

@@ -1,7 +1,8 @@
 """The face pipeline: one piece of code for ingest, training and evaluation.
 
-BlazeFace finds faces (``liveness.detector``), dlib's 68 landmarks run inside its box on the
-full-resolution grey frame, then the ratio of eye per eye and the face's views for the face
+BlazeFace finds faces (``liveness.detector``), 68 landmarks run inside its box on the
+full-resolution frame (``liveness.landmarks``: MediaPipe's face mesh by default, dlib's model
+where a deployment opts in), then the ratio of eye per eye and the face's views for the face
 model: the box from the landmarks scaled 2.7x and 4.0x, cut from the frame, 80x80 each.
 Landmark indices are dlib's, 0-based: 36-41 is the eye on the image's left, 42-47 the one
 on its right.
@@ -10,32 +11,14 @@ on its right.
 from __future__ import annotations
 
 import functools
-import importlib.util
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
-import dlib
 import numpy as np
 
 from liveness.config import CropSettings, DetectSettings
 from liveness.detector import BlazeFace
-from liveness.errors import ModelError
-
-
-def landmark_model_path() -> Path:
-    """dlib's 68-point model from the installed face-recognition-models package.
-
-    Found with find_spec because the package's ``__init__`` needs pkg_resources; nothing is
-    ever downloaded.
-    """
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError("package face-recognition-models is not installed (pip install face-recognition-models)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / "shape_predictor_68_face_landmarks.dat"
-    if not path.is_file():
-        raise ModelError(f"dlib landmark model missing at {path}")
-    return path
+from liveness.landmarks import landmarker
 
 
 def eye_ratios(pts: np.ndarray) -> tuple[float, float]:
@@ -122,12 +105,6 @@ class Face:
 
 
 @functools.cache
-def shape_predictor() -> dlib.shape_predictor:
-    """dlib's 68-point model, loaded once per process (100 MB), or inherited from the fork server."""
-    return dlib.shape_predictor(str(landmark_model_path()))
-
-
-@functools.cache
 def detector() -> BlazeFace:
     """The face detector, loaded once per process; a missing or broken model fails here, at start."""
     return BlazeFace()
@@ -143,6 +120,9 @@ it once, then again only when something in view has changed."""
 class FacePipeline:
     """Detector and landmark model, one per camera (the models are shared by every pipeline of a process).
 
+    The landmark model is ``detect.landmarks``: MediaPipe's face mesh (Apache-2.0) by default,
+    dlib's 68-point model (not for commercial use) where the deployment chooses it.
+
     Detection: BlazeFace on the whole frame. Where it finds nothing on a frame large enough to
     hold faces it cannot see (BlazeFace sees the frame at 128 px, so faces narrower than about
     a tenth of it are lost), a second look runs on overlapping tiles, if the scene moved since
@@ -153,7 +133,7 @@ class FacePipeline:
         self.detect_settings = detect or DetectSettings()
         self.crop_settings = crop or CropSettings()
         self._detector = detector()
-        self._shape = shape_predictor()
+        self._landmarks = landmarker(self.detect_settings.landmarks)
         self._last_look: np.ndarray | None = None
         self.second_looks = 0
 
@@ -204,21 +184,19 @@ class FacePipeline:
         found.sort(key=lambda f: -f[1])
         return found
 
-    def landmarks(self, grey: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-        """68 landmarks ``(68, 2)`` float32 of the face in ``box``."""
-        x, y, w, h = box
-        shape = self._shape(grey, dlib.rectangle(x, y, x + w, y + h))
-        return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+    def landmarks(self, image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        """68 landmarks ``(68, 2)`` float32 of the face in ``box`` of a BGR or grey frame."""
+        return self._landmarks(image, box)
 
-    def face(self, grey: np.ndarray, box: tuple[int, int, int, int]) -> Face:
-        pts = self.landmarks(grey, box)
+    def face(self, image: np.ndarray, box: tuple[int, int, int, int]) -> Face:
+        """The face in ``box``: the colour frame where there is one (the face mesh sees colour)."""
+        pts = self.landmarks(image, box)
         left, right = eye_ratios(pts)
         return Face(box, pts, left, right)
 
     def analyze(self, frame: np.ndarray) -> list[Face]:
         """Detect and landmark every face of a single frame (stills, training, evaluation)."""
-        grey = self.grey(frame)
-        return [self.face(grey, box) for box in self.detect(frame)]
+        return [self.face(frame, box) for box in self.detect(frame)]
 
     def crop(self, frame: np.ndarray, face: Face) -> np.ndarray:
         """The face's views, as ingest publishes them (before JPEG)."""

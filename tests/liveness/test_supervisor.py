@@ -12,7 +12,7 @@ from liveness.supervisor import ProcessSpec, Supervisor
 
 
 def report(out: str) -> None:
-    from liveness.face import shape_predictor
+    from liveness.landmarks import shape_predictor
 
     Path(out).write_text(json.dumps({"mark": os.environ.get("LIVENESS_TEST_MARK"), "cwd": os.getcwd(),
                                      "preloaded": shape_predictor.cache_info().currsize}))

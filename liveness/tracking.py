@@ -54,9 +54,8 @@ class FaceTracker(Generic[S]):
 
     def update(self, frame: np.ndarray, index: int) -> list[Track[S]]:
         """Advance to frame ``index``; ended tracks are left in ``self.ended`` for the caller."""
-        grey = FacePipeline.grey(frame)
         self.ended = []
-        h, w = grey.shape[:2]
+        h, w = frame.shape[:2]
         every = self.pipeline.detect_settings.every_n_frames
         # an empty scene is searched twice as often, not on every frame: detection is the
         # costliest step, and a camera facing an empty corridor must stay cheap
@@ -71,14 +70,14 @@ class FaceTracker(Generic[S]):
             followed.append((track, box))
         if detect:
             self._last_detect = index
-            self.tracks = self._match(frame, grey, followed, index)
+            self.tracks = self._match(frame, followed, index)
         else:
             for track, box in followed:
-                track.face = self.pipeline.face(grey, box)
+                track.face = self.pipeline.face(frame, box)
             self.tracks = [track for track, _ in followed]
         return self.tracks
 
-    def _match(self, frame: np.ndarray, grey: np.ndarray, tracks: list[tuple[Track[S], tuple[int, int, int, int]]],
+    def _match(self, frame: np.ndarray, tracks: list[tuple[Track[S], tuple[int, int, int, int]]],
                index: int) -> list[Track[S]]:
         """Pair tracks with this frame's detections by their last box; landmarks once per face.
 
@@ -95,7 +94,7 @@ class FaceTracker(Generic[S]):
             best = max(unmatched, key=lambda b: iou(b, last), default=None)
             if best is not None and iou(best, last) >= MIN_IOU:
                 unmatched.remove(best)
-                track.face = self.pipeline.face(grey, best)
+                track.face = self.pipeline.face(frame, best)
                 track.misses = 0
                 kept.append(track)
             else:
@@ -103,7 +102,7 @@ class FaceTracker(Generic[S]):
         for track, last in missed:
             if track.misses < MAX_MISSES and not unmatched:
                 track.misses += 1
-                track.face = self.pipeline.face(grey, last)
+                track.face = self.pipeline.face(frame, last)
                 kept.append(track)
             else:
                 self.ended.append(track)
@@ -111,7 +110,7 @@ class FaceTracker(Generic[S]):
         start = self.pipeline.detect_settings.start_score
         confident = [box for box, score in found if score >= start and box in unmatched]
         for box in confident[: max(room, 0)]:
-            kept.append(Track(self._new_id(), self.pipeline.face(grey, box), first_frame=index))
+            kept.append(Track(self._new_id(), self.pipeline.face(frame, box), first_frame=index))
         return kept
 
 

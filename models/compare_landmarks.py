@@ -27,7 +27,7 @@ import onnxruntime as ort
 from liveness.defaults import artifact_path
 from liveness.eyes import CLOSED_FRACTION, OPEN_LEVEL_FRAMES
 from liveness.face import FacePipeline, eye_ratios, face_box, iou
-from liveness.landmarks import Dlib68, FaceMesh, mesh_to_68
+from liveness.landmarks import Dlib68, FaceMesh, Landmarker, mesh_to_68
 from liveness.models import datasets
 from liveness.models.eye_data import EyeTrack
 from liveness.models.eye_onnx import INPUT, OUTPUT
@@ -75,7 +75,8 @@ def extract(dataset: datasets.Dataset, cache_dir: Path = CACHE_DIR) -> dict[str,
 def cost(dataset: datasets.Dataset, faces: int = 100, repeats: int = 3) -> dict[str, float]:
     """Median CPU time (ms, this thread: a shared machine's waits left out) of one landmark call per model,
     on the first ``faces`` faces of every 5th frame, each model in turn on each face."""
-    pipe, models = FacePipeline(), {"dlib68": Dlib68(), "face_mesh": FaceMesh()}
+    pipe = FacePipeline()
+    models: dict[str, Landmarker] = {"dlib68": Dlib68(), "face_mesh": FaceMesh()}
     found: list[tuple[np.ndarray, tuple[int, int, int, int]]] = []
     for seq in dataset.sequences[::4]:
         for k, (_, frame) in enumerate(seq.read()):

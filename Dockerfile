@@ -14,7 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 COPY --from=build /wheels /wheels
 RUN pip install --prefer-binary /wheels/*.whl \
  && rm -rf /wheels \
- && python -c "from liveness.defaults import artifact_path; assert all(artifact_path(m).is_file() for m in ('face.onnx', 'eye.onnx')), 'no ONNX model'" \
+ && python -c "from liveness.defaults import artifact_path; assert all(artifact_path(m).is_file() for m in ('blazeface_short_range.onnx', 'face_mesh.onnx', 'face.onnx', 'eye.onnx')), 'no ONNX model'" \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin liveness
 USER 10001
 WORKDIR /tmp

@@ -40,7 +40,7 @@ def _extract_part(dataset: Dataset) -> FaceCrops:
 
 
 def face_crops_parallel(dataset: Dataset, workers: int) -> FaceCrops:
-    """Crops of every frame, the sequences spread over ``workers`` processes (dlib is single-threaded)."""
+    """Crops of every frame, the sequences spread over ``workers`` processes (the landmark models run single-threaded)."""
     if workers <= 1 or len(dataset.sequences) < 2:
         return extract(dataset, CropSettings())
     parts = [Dataset(dataset.sequences[i::workers]) for i in range(workers)]

@@ -1,6 +1,6 @@
 """Per-frame eye ratios and landmarks of labelled sequences, through the ingest face pipeline.
 
-Running dlib over every frame is the slow part of eye training, so each dataset's tracks are
+Landmarks on every frame are the slow part of eye training, so each dataset's tracks are
 cached as one ``.npz`` under ``.cache/eye/`` (gitignored; plain arrays, no pickles) keyed by
 the frame files it was built from. A frame without a face is left out, as ingest would
 publish nothing for it; the largest face of a frame is the sequence's face. ``sequence_figures``

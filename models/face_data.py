@@ -1,6 +1,6 @@
 """Face crops of a labelled dataset, made by the shared face pipeline and cached as .npz.
 
-Detection and landmarks are the slow part (dlib), so they are cached with the crops; a
+Detection and landmarks are the slow part, so they are cached with the crops; a
 crop of another size or scale is then re-cut from the cached landmarks in seconds.
 Crops go through the same JPEG round trip as on the stream, so training sees what the
 worker sees. The cache holds biometric data: it lives under the gitignored ``.cache/``.

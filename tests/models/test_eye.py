@@ -69,5 +69,7 @@ def test_committed_artifact_carries_its_contract() -> None:
     x = np.tile(np.append(np.full(20, 0.3), 0.3).astype(np.float32), (3, 1))
     x[1, 8:12] = 0.05  # a blink in the middle of the window; rows 0 and 2 are eyes held open, as a print's
     p = sess.run([OUTPUT], {INPUT: x})[0]
-    threshold = float(meta["liveness.threshold"])
-    assert p[1] < threshold <= p[0] and p[0] == p[2], f"a blink scores live, open eyes an attack: {p}"
+    threshold, track_threshold = float(meta["liveness.threshold"]), float(meta["liveness.sequence_threshold"])
+    assert p[1] < threshold and p[1] < p[0] / 2 and p[0] == p[2], f"a blink scores live, far below open eyes: {p}"
+    # a track whose windows all hold the eyes open, as a print's, is an attack by the model's track rule
+    assert p[0] >= track_threshold, f"open eyes {p[0]} under the track threshold {track_threshold}"

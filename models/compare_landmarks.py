@@ -202,7 +202,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         vt = tracks(videos, vd, m)
         val = validate(DEFAULT_MODEL, args.seed, nuaa_tracks[m])
         pipe = fit(DEFAULT_MODEL, args.seed, *_xy(nuaa_tracks[m]))
-        eye[m] = {"nuaa_cross_session": {k: v for k, v in val["summary"].items() if "mean_logit" not in k},  # type: ignore[attr-defined]
+        eye[m] = {"nuaa_cross_session": {k: v for k, v in val.summary.items() if "mean_logit" not in k},
                   "nuaa_cross_session_trained_on_dlib68": cross_session_transfer(nuaa_tracks["dlib68"], nuaa_tracks[m], args.seed),
                   "videos_shipped_eye_onnx": video_eye_auc(lambda x: shipped.run([OUTPUT], {INPUT: x})[0], vt),
                   "videos_retrained_on_nuaa": video_eye_auc(lambda x: spoof_scores(pipe, DEFAULT_MODEL, x), vt)}

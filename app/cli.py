@@ -144,6 +144,8 @@ def _demo(p: argparse.ArgumentParser) -> None:
 def _train_face(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nuaa", metavar="ROOT", help="NUAA root: each capture session is one source")
     p.add_argument("--folders", metavar="ROOT", help="folders root: each subfolder with live/ and spoof/ is one source")
+    p.add_argument("--videos", metavar="ROOT", help="folders root of continuous videos: each subfolder is one source, "
+                   "sampled at 5 frames a second")
     p.add_argument("--pretrained", metavar="DIR", help="MiniFASNet .safetensors (default ../shared/pretrained/minifasnet)")
     p.add_argument("--out", default="models/artifacts/face.onnx", help="ONNX file to write")
     p.add_argument("--limit", type=int, default=None, help="at most N frames per source (smoke runs)")
@@ -167,6 +169,7 @@ def _train_eye(p: argparse.ArgumentParser) -> None:
 def _train_fusion(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nuaa", metavar="ROOT", help="NUAA root: each capture session is one source")
     p.add_argument("--folders", metavar="ROOT", help="folders root: each subfolder with live/ and spoof/ is one source")
+    p.add_argument("--videos", metavar="ROOT", help="folders root of continuous videos: each subfolder is one source")
     p.add_argument("--fold-models", required=True, metavar="DIR",
                    help="face_loso_<source>.onnx (train face --fold-models) and eye_trNN.onnx (train eye --train-session)")
     p.add_argument("--out", default="models/artifacts/fusion.json", help="policy file to write")
@@ -226,7 +229,7 @@ COMMANDS: dict[str, tuple[str, str, Adder]] = {
     "targets": ("liveness.app.targets", "Prometheus file_sd targets from the heartbeats: every process that beats, "
                 "where it serves its metrics", _targets),
     "label": ("liveness.fusion.label", "operator feedback: the ground truth of a track", _label),
-    "train-face": ("liveness.models.train_face", "fit the face model's head, leaving each source out in turn, and export it (extra 'train')", _train_face),
+    "train-face": ("liveness.models.train_face", "choose the face model leaving each source out in turn, and export it (extra 'train')", _train_face),
     "train-eye": ("liveness.models.train_eye", "train and export the eye model", _train_eye),
     "train-fusion": ("liveness.models.calibrate_fusion", "choose the fusion policy, leaving each source out in turn", _train_fusion),
     "evaluate": ("liveness.models.evaluate", "ISO/IEC 30107-3 report of a model on a labelled dataset", _evaluate),

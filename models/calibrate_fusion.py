@@ -1,18 +1,21 @@
 """``liveness train fusion``: choose fusion's policy on sources the models did not see.
 
-The same sources as ``liveness train face``: each NUAA capture session and each webcam room.
-Every sequence is scored by a face model whose head was fitted without its source (a fold
-model, written to ``--fold-models``), so every score is out of source. A policy is chosen on
-all sources but one and reported on that one, each in turn; the shipped policy is chosen on
-all of them. The objective: the lowest mean ACER over the sources (each source weighs the
-same), then the fewest attacks accepted, then the quickest live decision.
+The same sources as ``liveness train face``: each NUAA capture session (prints), each webcam
+room and each video collection (screen replays). Every sequence is scored by a face model
+fitted without its source (a fold model, written to ``--fold-models``), so every score is out
+of source. A policy is chosen on all sources but one and reported on that one, each in turn;
+the shipped policy is chosen on all of them. The objective: the lowest mean over the two attack
+types of each type's mean ACER (prints weigh as much as screens, however many sources each
+has), then the fewest attacks accepted, then the quickest live decision.
 
 Sequences: NUAA's are videos (one per subject, glasses, position and session). A webcam room
 holds 150 frames per class spread evenly over one recording, so consecutive frames are
 seconds apart: they are cut into slow sequences of ``ROOM_CHUNK`` frames, played at 10 fps.
 Their eye windows would sample lids seconds apart, which says nothing of a blink, so rooms
 carry face evidence only; eye evidence is weighed on NUAA, with eye models trained on the
-other capture session (``DIR/eye_trNN.onnx`` from ``liveness train eye --train-session NN``).
+other capture session (``DIR/eye_trNN.onnx`` from ``liveness train eye --train-session NN``),
+and on the video collections (continuous videos, one sequence each; eye model of session 01).
+A collection's videos are its calibration halves: every other video of the collection.
 
 Calibration (``liveness label --recent``) only ever makes a camera stricter: its neutral
 point is its live faces' median plus the margin, but never above the uncalibrated one
@@ -35,6 +38,7 @@ from liveness.errors import LivenessError
 from liveness.evidence import Policy
 from liveness.models.datasets import Sequence, folders, nuaa
 from liveness.models.evaluate_fused import SequenceResult, analyze, report, subject_half_baselines
+from liveness.models.train_face import balanced, sources
 
 log = logging.getLogger(__name__)
 
@@ -68,32 +72,44 @@ def room_sequences(root: str, room: str) -> list[Sequence]:
     return out
 
 
-def score_sources(nuaa_root: str | None, folders_root: str | None, folds: Path, workers: int) -> dict[str, list[SequenceResult]]:
-    """Every source's sequences through the offline pipeline with that source's fold models."""
-    from liveness.models.train_face import sources
+def video_sequences(root: str, source: str) -> list[Sequence]:
+    """A collection's videos, one sequence each; each video is its own subject, so calibration halves alternate."""
+    seqs = folders(root, source).sequences
+    for i, seq in enumerate(seqs):
+        seq.session, seq.subject = source, f"{source}-{i:02d}"
+    return seqs
 
+
+def score_sources(nuaa_root: str | None, folders_root: str | None, videos_root: str | None, folds: Path,
+                  workers: int) -> tuple[dict[str, list[SequenceResult]], dict[str, str]]:
+    """Every source's sequences through the offline pipeline with that source's fold models, and each
+    source's attack type."""
     out: dict[str, list[SequenceResult]] = {}
-    for name, kind, split in sources(nuaa_root, folders_root):
+    attack: dict[str, str] = {}
+    for spec in sources(nuaa_root, folders_root, videos_root):
+        name, kind, split = spec.name, spec.kind, spec.split
         face = folds / f"face_loso_{name}.onnx"
         if kind == "nuaa":
             session = split.removeprefix("session-")
             others = [p for p in sorted(folds.glob("eye_tr*.onnx")) if p.stem != f"eye_tr{session}"]
             if not others:
                 raise LivenessError(f"{folds}: no eye model trained without session {session} (eye_trNN.onnx)")
-            eye, seqs = others[0], nuaa(nuaa_root, split).sequences  # type: ignore[arg-type]
+            eye, seqs = others[0], nuaa(spec.root, split).sequences
+        elif spec.video_rate:
+            eye, seqs = folds / "eye_tr01.onnx", video_sequences(spec.root, split)
         else:
-            eye, seqs = folds / "eye_tr01.onnx", room_sequences(folders_root, split)  # type: ignore[arg-type]
+            eye, seqs = folds / "eye_tr01.onnx", room_sequences(spec.root, split)
         if not face.is_file() or not eye.is_file():
             raise LivenessError(f"{folds}: fold model {face.name} or {eye.name} missing (liveness train face "
                                 "--fold-models DIR; liveness train eye --train-session NN)")
         results = analyze(seqs, str(face), str(eye), Policy(), workers=workers)
-        if kind == "folders":
+        if kind == "folders" and not spec.video_rate:
             for r in results:
                 if r.track is not None:
                     r.track.events = [e for e in r.track.events if e.kind == "face"]
-        out[name] = results
+        out[name], attack[name] = results, spec.attack
         log.info("train fusion: %s, %d sequences", name, len(results))
-    return out
+    return out, attack
 
 
 def figures(scored: dict[str, list[SequenceResult]], policy: Policy, calibrated: bool = False) -> dict[str, dict[str, Any]]:
@@ -101,15 +117,19 @@ def figures(scored: dict[str, list[SequenceResult]], policy: Policy, calibrated:
     out = {}
     for name, results in scored.items():
         rep = report(results, policy, baselines=subject_half_baselines(results, policy) if calibrated else None)[0]
-        out[name] = {k: rep[k] for k in ("n_live", "n_spoof", "apcer", "bpcer", "acer", "undecided",
+        out[name] = {k: rep[k] for k in ("n_live", "n_spoof", "apcer", "bpcer", "undecided",
                                           "time_to_decision_live_median_s")}
+        # a source of one class (a collection of live videos only) counts that class's error rate
+        out[name]["acer"] = statistics.fmean(rep[k] for k in ("apcer", "bpcer") if rep[k] is not None)
         out[name]["attacks_accepted"] = round((rep["apcer"] or 0.0) * rep["n_spoof"])
     return out
 
 
-def cost(per_source: dict[str, dict[str, Any]]) -> tuple[float, float, float]:
-    acer = statistics.fmean(f["acer"] for f in per_source.values())
-    apcer = statistics.fmean(f["apcer"] for f in per_source.values())
+def cost(per_source: dict[str, dict[str, Any]], attack: dict[str, str]) -> tuple[float, float, float]:
+    """Type-balanced mean ACER (``attack``: each source's attack type), then mean APCER, then the median
+    time to a live decision."""
+    acer = balanced({s: f["acer"] for s, f in per_source.items()}, attack)[0]
+    apcer = statistics.fmean(f["apcer"] or 0.0 for f in per_source.values())
     ttd = [f["time_to_decision_live_median_s"] for f in per_source.values() if f["time_to_decision_live_median_s"]]
     return round(acer, 6), round(apcer, 6), statistics.median(ttd) if ttd else 99.0
 
@@ -119,47 +139,49 @@ def grid() -> list[Policy]:
     return [Policy(**dict(zip(keys, values))) for values in itertools.product(*(GRID[k] for k in keys))]
 
 
-def choose_margin(scored: dict[str, list[SequenceResult]], policy: Policy, sources: list[str]) -> Policy:
+def choose_margin(scored: dict[str, list[SequenceResult]], policy: Policy, sources: list[str],
+                  attack: dict[str, str]) -> Policy:
     """``policy`` with the margin that serves calibrated cameras of ``sources`` best."""
     tried = [policy.model_copy(update={"face_margin": m}) for m in MARGINS]
-    return min(tried, key=lambda p: cost(figures({s: scored[s] for s in sources}, p, calibrated=True)))
+    return min(tried, key=lambda p: cost(figures({s: scored[s] for s in sources}, p, calibrated=True), attack))
 
 
-def choose(table: list[dict[str, dict[str, Any]]], sources: list[str]) -> int:
+def choose(table: list[dict[str, dict[str, Any]]], sources: list[str], attack: dict[str, str]) -> int:
     """Index of the best policy on ``sources``, from every policy's per-source figures."""
-    return min(range(len(table)), key=lambda i: cost({s: table[i][s] for s in sources}))
+    return min(range(len(table)), key=lambda i: cost({s: table[i][s] for s in sources}, attack))
 
 
-def _summary(per_source: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _summary(per_source: dict[str, dict[str, Any]], attack: dict[str, str]) -> dict[str, Any]:
     worst = max(per_source, key=lambda s: per_source[s]["acer"])
+    mean, per_type = balanced({s: f["acer"] for s, f in per_source.items()}, attack)
     return {"mean_acer": statistics.fmean(f["acer"] for f in per_source.values()), "worst_acer": per_source[worst]["acer"],
             "worst_source": worst, "attacks_accepted": sum(f["attacks_accepted"] for f in per_source.values()),
-            "per_source": per_source}
+            "balanced_acer": mean, "per_type": per_type, "per_source": per_source}
 
 
 def run(args: argparse.Namespace) -> int:
     folds = Path(args.fold_models)
-    scored = score_sources(args.nuaa, args.folders, folds, args.workers)
+    scored, attack = score_sources(args.nuaa, args.folders, args.videos, folds, args.workers)
     policies = grid()
     table = [figures(scored, p) for p in policies]
     held_out: dict[str, dict[str, Any]] = {}
     held_out_calibrated: dict[str, dict[str, Any]] = {}
     for held in scored:
         others = [s for s in scored if s != held]
-        policy = policies[choose(table, others)]
+        policy = policies[choose(table, others, attack)]
         held_out[held] = table[policies.index(policy)][held]
-        policy = choose_margin(scored, policy, others)
+        policy = choose_margin(scored, policy, others, attack)
         held_out_calibrated[held] = figures({held: scored[held]}, policy, calibrated=True)[held]
         log.info("train fusion: %s left out: ACER %.4f", held, held_out[held]["acer"])
-    final = choose_margin(scored, policies[choose(table, list(scored))], list(scored))
+    final = choose_margin(scored, policies[choose(table, list(scored), attack)], list(scored), attack)
     uncal, cal = figures(scored, final), figures(scored, final, calibrated=True)
     never_more = all(cal[s]["attacks_accepted"] <= uncal[s]["attacks_accepted"] for s in scored)
     result = {"protocol": "leave-one-source-out", "unit": "sequence", "room_chunk_frames": ROOM_CHUNK,
-              "held_out": _summary(held_out), "held_out_calibrated": _summary(held_out_calibrated),
-              "shipped_policy": final.model_dump(), "shipped_on_sources": _summary(uncal),
-              "shipped_on_sources_calibrated": _summary(cal),
+              "held_out": _summary(held_out, attack), "held_out_calibrated": _summary(held_out_calibrated, attack),
+              "shipped_policy": final.model_dump(), "shipped_on_sources": _summary(uncal, attack),
+              "shipped_on_sources_calibrated": _summary(cal, attack),
               "calibration_never_accepts_more_attacks": never_more,
-              "time_to_live_decision_median_s": cost(uncal)[2]}
+              "time_to_live_decision_median_s": cost(uncal, attack)[2]}
     Path(args.out).write_text(json.dumps(final.model_dump(), indent=2) + "\n")
     if args.report:
         Path(args.report).write_text(json.dumps(result, indent=1, default=float) + "\n")

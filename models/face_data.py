@@ -76,9 +76,11 @@ def jpeg_roundtrip(crop: np.ndarray, quality: int) -> np.ndarray:
     return cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else crop  # type: ignore[return-value]  # decodes what it encoded
 
 
-def _frames(dataset: Dataset, stride: int) -> Iterator[tuple[int, str, np.ndarray | None]]:
+def _frames(dataset: Dataset, stride: int, video_rate: float | None = None) -> Iterator[tuple[int, str, np.ndarray | None]]:
     """``(sequence index, source, BGR frame or None)`` of every ``stride``-th frame, counted across the
-    sequences' image files (a folder of single images is many one-frame sequences), within each video."""
+    sequences' image files (a folder of single images is many one-frame sequences), within each video;
+    with ``video_rate``, a video's frames are taken at that many per second instead (neighbouring
+    frames of a continuous video are near-duplicates)."""
     k = 0
     for i, seq in enumerate(dataset.sequences):
         if seq.video is None:
@@ -87,23 +89,28 @@ def _frames(dataset: Dataset, stride: int) -> Iterator[tuple[int, str, np.ndarra
                     yield i, str(path), _read(path)
                 k += 1
         else:
-            for j, (_, img) in enumerate(seq.read()):
-                if j % stride == 0:
+            slot = -1
+            for j, (t, img) in enumerate(seq.read()):
+                now = int(t * video_rate) if video_rate else j // stride
+                if now > slot:
+                    slot = now
                     yield i, f"{seq.video}#{j}", img
 
 
-def extract(dataset: Dataset, crop: CropSettings, limit: int | None = None) -> FaceCrops:
+def extract(dataset: Dataset, crop: CropSettings, limit: int | None = None,
+            video_rate: float | None = None) -> FaceCrops:
     """Run the face pipeline on every frame and cut the crop of the largest face.
 
     ``limit`` keeps an even spread of frames over all sequences (so a smoke run still has
-    both labels and every session), at most ``limit`` of them.
+    both labels and every session), at most ``limit`` of them; ``video_rate`` samples videos
+    at that many frames per second.
     """
     known = sum(len(s.frames) for s in dataset.sequences if s.video is None)
     stride = max(1, -(-known // limit)) if limit else 1
     pipe = FacePipeline(crop=crop)
     paths: list[str] = []
     crops, has_face, landmarks, seq_idx = [], [], [], []
-    for i, source, img in tqdm(_frames(dataset, stride), desc="faces", unit="frame", total=known // stride or None):
+    for i, source, img in tqdm(_frames(dataset, stride, video_rate), desc="faces", unit="frame", total=known // stride or None):
         if limit is not None and len(paths) >= limit:
             break
         faces = pipe.analyze(img) if img is not None else []
@@ -149,8 +156,11 @@ def recrop(data: FaceCrops, crop: CropSettings) -> FaceCrops:
                      data.sessions, data.subjects, data.paths)
 
 
-def _cache_path(kind: str, root: str | Path, split: str | None, crop: CropSettings, limit: int | None) -> Path:
+def _cache_path(kind: str, root: str | Path, split: str | None, crop: CropSettings, limit: int | None,
+                video_rate: float | None = None) -> Path:
     key = f"{kind}|{Path(root).resolve()}|{split}|{crop.model_dump_json()}|{limit}|{DetectSettings().model_dump_json()}"
+    if video_rate:
+        key += f"|{video_rate}"
     return CACHE_DIR / f"face_crops_{kind}_{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
 
 
@@ -170,19 +180,19 @@ def read(path: Path) -> FaceCrops:
 
 
 def face_crops(kind: str, root: str | Path, split: str | None, crop: CropSettings | None = None,
-               limit: int | None = None, cache: bool = True) -> FaceCrops:
+               limit: int | None = None, cache: bool = True, video_rate: float | None = None) -> FaceCrops:
     """Crops of a dataset, from the cache when the same dataset and crop were extracted before."""
     crop = crop or CropSettings()
-    path = _cache_path(kind, root, split, crop, limit)
+    path = _cache_path(kind, root, split, crop, limit, video_rate)
     if cache and path.is_file():
         log.info("face crops: cached %s", path)
         return read(path)
-    base = _cache_path(kind, root, split, CropSettings(), limit)
+    base = _cache_path(kind, root, split, CropSettings(), limit, video_rate)
     cached = read(base) if cache and base.is_file() else None
     if cached is not None and not any("#" in p for p in cached.paths):
         data = recrop(cached, crop)
     else:
-        data = extract(load(kind, root, split), crop, limit)
+        data = extract(load(kind, root, split), crop, limit, video_rate)
     if cache:
         save(data, path)
     return data

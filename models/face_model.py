@@ -2,8 +2,9 @@
 
 Input: a batch of published crops, ``(N, 80, 160, 3)`` BGR 0..255, the 2.7x view then the
 4.0x view side by side (``liveness.face.face_views``). Output: ``(N, 1)`` spoof probability.
-The pair stays frozen; the head is a logistic regression on the two 128-d embeddings,
-fitted on every source in ``liveness train face`` (``liveness.models.train_face``).
+The pair stays frozen. Its own score is one minus the mean of its two live probabilities (how
+its authors use it); a head, where ``liveness train face`` chose one, is a logistic regression on
+the two 128-d embeddings, either alone or only able to raise the pair's score (``monotone``).
 """
 
 from __future__ import annotations
@@ -32,15 +33,23 @@ def pretrained_pair(root: str | Path = PRETRAINED) -> list[MiniFASNet]:
 
 
 class FaceModel(nn.Module):
-    """Crops in, spoof probability out: each view through its network, then the head on both embeddings."""
+    """Crops in, spoof probability out: each view through its network, then the pair's own score,
+    a head on both embeddings, or the larger of the two (``monotone``: a head that can only make a
+    face more of an attack than the pair says, never less)."""
 
-    def __init__(self, nets: list[MiniFASNet], weight: np.ndarray, bias: float) -> None:
+    def __init__(self, nets: list[MiniFASNet], weight: np.ndarray | None = None, bias: float = 0.0,
+                 monotone: bool = False) -> None:
         super().__init__()
+        if monotone and weight is None:
+            raise ValueError("a monotone face model needs a head")
         self.nets = nn.ModuleList(nets)
-        self.head = nn.Linear(weight.size, 1)
-        with torch.no_grad():
-            self.head.weight.copy_(torch.from_numpy(weight.astype(np.float32)).reshape(1, -1))
-            self.head.bias.fill_(float(bias))
+        self.monotone = monotone
+        self.head: nn.Linear | None = None
+        if weight is not None:
+            self.head = nn.Linear(weight.size, 1)
+            with torch.no_grad():
+                self.head.weight.copy_(torch.from_numpy(weight.astype(np.float32)).reshape(1, -1))
+                self.head.bias.fill_(float(bias))
 
     def embeddings(self, crops: torch.Tensor) -> torch.Tensor:
         """``(N, 80, 160, 3)`` crops -> ``(N, 256)``: both networks' embeddings."""
@@ -49,14 +58,24 @@ class FaceModel(nn.Module):
         return torch.cat([net.features(x[:, :, :, VIEW * i:VIEW * (i + 1)])  # type: ignore[operator]
                           for i, net in enumerate(self.nets)], 1)
 
+    def pair_spoof(self, emb: torch.Tensor) -> torch.Tensor:
+        """``(N, 256)`` embeddings -> ``(N, 1)``: one minus the mean of the two networks' live probabilities."""
+        live = [torch.softmax(net.prob(emb[:, 128 * i:128 * (i + 1)]), 1)[:, 1:2]  # type: ignore[operator]
+                for i, net in enumerate(self.nets)]
+        return 1.0 - (live[0] + live[1]) / 2.0
+
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.head(self.embeddings(crops)))
+        emb = self.embeddings(crops)
+        if self.head is None:
+            return self.pair_spoof(emb)
+        head = torch.sigmoid(self.head(emb))
+        return torch.maximum(head, self.pair_spoof(emb)) if self.monotone else head
 
 
 @torch.no_grad()
 def embeddings(nets: list[MiniFASNet], crops: np.ndarray, batch: int = 256) -> np.ndarray:
     """Both networks' embeddings of every crop, ``(N, 256)`` float32 (what the head is fitted on)."""
-    model = FaceModel(nets, np.zeros(256), 0.0).eval()
+    model = FaceModel(nets).eval()
     out = [model.embeddings(torch.from_numpy(crops[i:i + batch]).float()).numpy() for i in range(0, len(crops), batch)]
     return np.concatenate(out) if out else np.zeros((0, 256), np.float32)
 

@@ -113,3 +113,20 @@ def test_leave_one_source_out_end_to_end_on_a_small_subset(tmp_path: Path, capsy
     assert fused["held_out"]["mean_acer"] <= 0.1 and fused["held_out"]["attacks_accepted"] == 0, fused["held_out"]
     assert fused["calibration_never_accepts_more_attacks"] is True
     assert json.loads((tmp_path / "fusion.json").read_text())["face_threshold"] == fused["shipped_policy"]["face_threshold"]
+
+
+def test_without_a_head_the_model_is_the_pair_as_its_authors_use_it(tmp_path: Path) -> None:
+    """One minus the mean of the two networks' own live probabilities (their forward pass, softmax), and a
+    monotone head can only raise it."""
+    crops = real_crops()
+    nets = pretrained_pair()
+    x = torch.from_numpy(crops).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        live = [torch.softmax(net(x[:, :, :, 80 * i:80 * (i + 1)]), 1)[:, 1] for i, net in enumerate(nets)]
+        want = (1.0 - (live[0] + live[1]) / 2.0).numpy()
+        pair = FaceModel(nets).eval()
+        np.testing.assert_allclose(pair(torch.from_numpy(crops))[:, 0].numpy(), want, atol=1e-5)
+        raised = FaceModel(nets, np.random.default_rng(0).normal(0, 0.05, 256), -2.0, monotone=True).eval()
+        assert (raised(torch.from_numpy(crops))[:, 0].numpy() >= want - 1e-6).all()
+    export_onnx(pair, tmp_path / "pair.onnx", {"liveness.threshold": "0.5", "liveness.views": "[2.7, 4.0]"}, crops)
+    np.testing.assert_allclose(OnnxModel(tmp_path / "pair.onnx", input_shape=FACE_INPUT_SHAPE).predict(crops), want, atol=1e-4)

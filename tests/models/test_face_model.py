@@ -118,6 +118,9 @@ def test_leave_one_source_out_end_to_end_on_a_small_subset(tmp_path: Path, capsy
 def test_without_a_head_the_model_is_the_pair_as_its_authors_use_it(tmp_path: Path) -> None:
     """One minus the mean of the two networks' own live probabilities (their forward pass, softmax), and a
     monotone head can only raise it."""
+    torch = pytest.importorskip("torch")
+    from liveness.models.face_model import FaceModel, export_onnx, pretrained_pair
+
     crops = real_crops()
     nets = pretrained_pair()
     x = torch.from_numpy(crops).permute(0, 3, 1, 2)

@@ -69,3 +69,12 @@ def test_sources_are_typed_by_attack_and_the_video_collections_are_sampled() -> 
 
 def test_a_video_source_of_one_class_counts_that_class_error() -> None:
     assert train_face.source_acer(np.array([0, 0, 0, 0]), np.array([0.1, 0.9, 0.2, 0.3]), 0.5) == 0.25
+
+
+def test_fusion_takes_each_video_of_a_collection_whole_as_one_sequence() -> None:
+    from liveness.models.calibrate_fusion import video_sequences
+
+    seqs = video_sequences(str(SHARED / "data" / "video-sources"), "trainingdata")
+    assert len(seqs) == 14 and all(s.video is not None and s.session == "trainingdata" for s in seqs)
+    assert len({s.subject for s in seqs}) == 14  # calibration halves alternate videos
+    assert sorted({s.label for s in seqs}) == ["live", "spoof"]

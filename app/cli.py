@@ -99,7 +99,8 @@ def _label(p: argparse.ArgumentParser) -> None:
 def _run(p: argparse.ArgumentParser) -> None:
     _config(p)
     p.add_argument("--face-workers", type=int, default=1, help="face worker processes")
-    p.add_argument("--eye-workers", type=int, default=1, help="eye worker processes")
+    p.add_argument("--eye-workers", type=int, default=None, help=(
+        "eye worker processes (default: 1 where a camera sends eye windows, ingest.eyes; else none)"))
     p.add_argument("--loop", action="store_true", help="loop video-file cameras")
     p.add_argument("--duration", type=float, help="stop after S seconds (default: until ^C)")
     p.add_argument("--preview", action="store_true", help="serve annotated frames as MJPEG on loopback")

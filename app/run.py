@@ -29,6 +29,7 @@ from liveness.contract import Decision, Keys
 from liveness.fusion.decisions import tail
 from liveness.fusion.service import serve_fusion
 from liveness.errors import NameTakenError
+from liveness.evidence import load_policy
 from liveness.heartbeat import Beacon, holder
 from liveness.ingest.service import serve_camera
 from liveness.metrics import serve
@@ -114,6 +115,20 @@ def process_specs(settings: Settings, face_workers: int = 1, eye_workers: int = 
     return specs
 
 
+def eye_pool(settings: Settings, asked: int | None) -> int:
+    """Eye workers to start: ``asked``, else one where a camera sends eye windows (``eyes``) and none
+    where none does. Notes the eye path turned on under a policy that weighs it 0: it costs
+    landmarks on every frame and a worker, and changes no decision."""
+    eyes = [cam.id for cam in settings.cameras if cam.eyes]
+    if eyes and load_policy(settings.fusion).eye_weight == 0:
+        log.warning("run: cameras %s send eye windows (eyes: true), but the fusion policy weighs the eye "
+                    "model 0: they change no decision (models/artifacts/eye.md)", ", ".join(eyes))
+    if eyes and asked == 0:
+        log.warning("run: cameras %s send eye windows, but no eye worker is started: they wait unscored "
+                    "in the eye stream (bounded by streams.maxlen)", ", ".join(eyes))
+    return asked if asked is not None else int(bool(eyes))
+
+
 def refuse_if_running(client: redis.Redis, keys: Keys, specs: list[ProcessSpec]) -> None:
     """Raise NameTakenError when live processes of another installation beat under the names this
     run would start (its cameras' ingests above all: every face would be decided twice)."""
@@ -145,13 +160,14 @@ def run(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="liveness-run-")))
         settings, demo_camera = effective_settings(args.config, stack, tmp, preview=args.preview)
-        specs = process_specs(settings, args.face_workers, args.eye_workers, loop=args.loop or demo_camera)
+        eye_workers = eye_pool(settings, args.eye_workers)
+        specs = process_specs(settings, args.face_workers, eye_workers, loop=args.loop or demo_camera)
         client = connect(settings.redis)
         keys = Keys(settings.prefix)
         refuse_if_running(client, keys, specs)
         log.info("run: Redis %s, prefix %s, %d camera(s), %d face and %d eye worker(s)",
                  redact_url(settings.redis.url), settings.prefix, len(settings.cameras), args.face_workers,
-                 args.eye_workers)
+                 eye_workers)
         port = None
         if settings.metrics.port:
             for spec in specs:

@@ -132,7 +132,9 @@ class IngestService:
         if frame.image.ndim != 3 or frame.image.shape[0] < 32 or frame.image.shape[1] < 32:
             metrics.SOURCE_ERRORS.labels(cam, "corrupt").inc()
             return []
-        tracks = self.tracker.update(frame.image, self.frames)
+        self._ask_redis(self.tracker.tracks)  # before landmarks: which tracks' crops are shed or slowed
+        shed = self.publisher.shedding
+        tracks = self.tracker.update(frame.image, self.frames, lambda t: self.sampler.needs_face(t, shed))
         if self.preview is not None:
             self.preview.offer(frame.image, tracks)
         t1 = time.perf_counter()
@@ -142,15 +144,14 @@ class IngestService:
         metrics.TRACKS_OPEN.labels(cam).set(len(tracks))
         if not tracks:
             return []
-        self._ask_redis(tracks)
         messages: list[FaceCrop | EyeSample] = []
         shot = Shot(frame.index, frame.capture_ts, media_ts, frame.image)
         for track in tracks:
             if track.state is None:
                 metrics.TRACKS.labels(cam).inc()
             metrics.FACES.labels(cam).inc()
-            samples, shed = self.sampler.sample(track, shot, self.publisher.shedding)
-            metrics.FRAMES_SHED.labels(cam).inc(shed)
+            samples, dropped = self.sampler.sample(track, shot, shed)
+            metrics.FRAMES_SHED.labels(cam).inc(dropped)
             messages.extend(s.message for s in samples)
         metrics.STAGE_SECONDS.labels(cam, "crop").observe(time.perf_counter() - t1)
         return messages

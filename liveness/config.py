@@ -100,6 +100,10 @@ class CameraTuning(Section):
 
     max_fps: float = Field(10.0, gt=0, le=120, description="Frames per second processed at most (eye windows are 10 Hz)")
     crop_every: int = Field(2, ge=1, description="Publish every k-th crop of a track")
+    eyes: bool = Field(False, description=(
+        "Send eye windows (blink evidence) to the eye workers. Off by default: the shipped fusion "
+        "policy weighs the eye model 0 (models/artifacts/eye.md), so its windows would change no "
+        "decision; off, the face mesh runs only on the frames that feed a crop"))
     eye_every: int = Field(3, ge=1, description=(
         "Publish every k-th eye window of a track: each spans one second, so at 10 fps every blink "
         "still falls whole in a window, and the eye workers and fusion do a third of the work"))

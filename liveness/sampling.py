@@ -7,6 +7,11 @@ decided, a rule with ``decided_every`` = k sends only every k-th slot; the slots
 ones offline replay skips too (``sends``), so what ``evaluate --model fused`` scores is what a
 live camera sends. A new kind of evidence is one more ``Rule`` in ``RULES``.
 
+The eye rule runs only where the camera turns it on (``eyes``; off by default, as the shipped
+fusion policy weighs the eye model 0). The tracker landmarks a track only on the frames
+``needs_face`` names (and the frame before each detection round): every frame while eye windows
+are kept, else only those a crop is due on.
+
 Ingest learns that a track is decided from fusion (``liveness.evidence.read_verdicts``), a
 moment after it is; offline replay knows it from the next frame on.
 """
@@ -72,6 +77,8 @@ class Rule(ABC):
     """Once the track is decided, only every this-many-th slot is sent."""
     sheddable: ClassVar[bool] = False
     """Whether ingest drops it (counted) while the workers that score it lag."""
+    observes: ClassVar[bool] = False
+    """Whether ``observe`` needs the track's landmarked face on every frame."""
 
     def __init__(self, sampler: "TrackSampler") -> None:
         self.sampler = sampler
@@ -97,6 +104,7 @@ class EyeRule(Rule):
     """An eye sample every ``eye_every`` frames, with the track's window once it is full."""
 
     kind = "eye"
+    observes = True
 
     @property
     def every(self) -> int:
@@ -127,6 +135,7 @@ class CropRule(Rule):
         return self.sampler.camera.crop_every
 
     def make(self, track: Track[TrackState], shot: Shot, now: float) -> Sent | None:
+        assert track.fresh, "a crop needs this frame's landmarks (TrackSampler.needs_face)"
         crop = self.sampler.camera.crop
         jpeg = crop_jpeg(shot.image, track.face.landmarks, crop)
         if jpeg is None:
@@ -153,7 +162,17 @@ class TrackSampler:
         self.camera = camera
         self.camera_id = camera_id
         self.label = label
-        self.rules = [rule(self) for rule in RULES]
+        self.rules = [rule(self) for rule in RULES if rule.kind != "eye" or camera.eyes]
+
+    def needs_face(self, track: Track[TrackState], shed: bool = False) -> bool:
+        """Whether the track's face must be landmarked on its current frame (``track.frames``): the
+        tracker's ``needs``, so landmarks run only where a rule is due or keeps a history.
+
+        A decided track's slots that are not sent are landmarked all the same: the box a face is
+        followed by then moves as in offline replay, which does not know what is decided, so the
+        crops that go out are the ones it scores."""
+        return any(rule.observes or (rule.slot(track.frames) is not None and not (shed and rule.sheddable))
+                   for rule in self.rules)
 
     def sample(self, track: Track[TrackState], shot: Shot, shed: bool = False) -> tuple[list[Sample], int]:
         """The track's samples of this frame, and how many were due but shed (``shed``: the

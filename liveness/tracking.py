@@ -1,6 +1,9 @@
 """Per-camera face tracking: detect every N frames, follow faces with landmarks in between.
 
-Shared by ingest and offline evaluation, so a track means the same thing in both.
+Shared by ingest and offline evaluation, so a track means the same thing in both. Landmarks
+cost most of a processed frame (about 5 ms a face): a track is landmarked only on the frames its
+user says need them (``update``'s ``needs``: ingest's sampler asks for the frames that feed a
+crop or an eye window); on the others it keeps its last face and the box to look in next.
 """
 
 from __future__ import annotations
@@ -35,10 +38,15 @@ class Track(Generic[S]):
     id: str
     face: Face
     first_frame: int
+    box: tuple[int, int, int, int]
+    """Where the face is looked for next: the box of its last landmarks, or of the detection it
+    last matched when that frame needed no landmarks."""
     frames: int = 1
     misses: int = 0
     state: S | None = None
     """Set by the tracker's user on the track's first frame."""
+    fresh: bool = True
+    """Whether ``face`` was landmarked on this frame (else it is the last frame's that was)."""
 
 
 class FaceTracker(Generic[S]):
@@ -51,9 +59,15 @@ class FaceTracker(Generic[S]):
         self.tracks: list[Track[S]] = []
         self._last_detect = -(10**9)
         self.ended: list[Track[S]] = []
+        self._needs: Callable[[Track[S]], bool] = lambda _: True
 
-    def update(self, frame: np.ndarray, index: int) -> list[Track[S]]:
-        """Advance to frame ``index``; ended tracks are left in ``self.ended`` for the caller."""
+    def update(self, frame: np.ndarray, index: int,
+               needs: Callable[[Track[S]], bool] | None = None) -> list[Track[S]]:
+        """Advance to frame ``index``; ended tracks are left in ``self.ended`` for the caller.
+
+        ``needs(track)`` (track's ``frames`` already counting this frame): whether its face must be
+        landmarked now; None: on every frame. A new track is always landmarked."""
+        self._needs = needs or (lambda _: True)
         self.ended = []
         h, w = frame.shape[:2]
         every = self.pipeline.detect_settings.every_n_frames
@@ -62,18 +76,21 @@ class FaceTracker(Generic[S]):
         detect = index - self._last_detect >= (max(1, every // 2) if not self.tracks else every)
         followed: list[tuple[Track[S], tuple[int, int, int, int]]] = []
         for track in self.tracks:
-            box = face_box(track.face.landmarks)
-            if not _inside(box, w, h):
+            if not _inside(track.box, w, h):
                 self.ended.append(track)
                 continue
             track.frames += 1
-            followed.append((track, box))
+            track.fresh = False
+            followed.append((track, track.box))
         if detect:
             self._last_detect = index
             self.tracks = self._match(frame, followed, index)
         else:
+            # the frame before a detection round is landmarked whatever ``needs`` says: the round
+            # matches tracks by their last box, and one a few frames old loses a moving face
+            before_round = index + 1 - self._last_detect >= every
             for track, box in followed:
-                track.face = self.pipeline.face(frame, box)
+                self._look(track, frame, box, before_round)
             self.tracks = [track for track, _ in followed]
         return self.tracks
 
@@ -94,7 +111,8 @@ class FaceTracker(Generic[S]):
             best = max(unmatched, key=lambda b: iou(b, last), default=None)
             if best is not None and iou(best, last) >= MIN_IOU:
                 unmatched.remove(best)
-                track.face = self.pipeline.face(frame, best)
+                track.box = best
+                self._look(track, frame, best)
                 track.misses = 0
                 kept.append(track)
             else:
@@ -102,7 +120,7 @@ class FaceTracker(Generic[S]):
         for track, last in missed:
             if track.misses < MAX_MISSES and not unmatched:
                 track.misses += 1
-                track.face = self.pipeline.face(frame, last)
+                self._look(track, frame, last)
                 kept.append(track)
             else:
                 self.ended.append(track)
@@ -110,8 +128,16 @@ class FaceTracker(Generic[S]):
         start = self.pipeline.detect_settings.start_score
         confident = [box for box, score in found if score >= start and box in unmatched]
         for box in confident[: max(room, 0)]:
-            kept.append(Track(self._new_id(), self.pipeline.face(frame, box), first_frame=index))
+            face = self.pipeline.face(frame, box)
+            kept.append(Track(self._new_id(), face, index, face_box(face.landmarks)))
         return kept
+
+    def _look(self, track: Track[S], frame: np.ndarray, box: tuple[int, int, int, int], force: bool = False) -> None:
+        """Landmark the track's face in ``box`` if this frame needs it (or ``force``)."""
+        if force or self._needs(track):
+            track.face = self.pipeline.face(frame, box)
+            track.box = face_box(track.face.landmarks)
+            track.fresh = True
 
 
 def _inside(box: tuple[int, int, int, int], w: int, h: int) -> bool:

@@ -271,7 +271,7 @@ def main() -> int:
         rows = json.loads(rows_path.read_text())
     else:
         rows = []
-        camera = CameraDefaults()
+        camera = CameraDefaults(eyes=True)  # the study measures the eye model too
         eye_shape = (INPUT_SIZE,)
 
         def analyzer(face: str, eye: str) -> OfflineAnalyzer:

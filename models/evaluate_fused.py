@@ -53,11 +53,11 @@ class SequenceResult:
 _analyzer: OfflineAnalyzer | None = None
 
 
-def _init(face_path: str, eye_path: str, policy: dict[str, Any], rule: str) -> None:
+def _init(face_path: str, eye_path: str, policy: dict[str, Any], rule: str, camera: dict[str, Any]) -> None:
     global _analyzer
     _analyzer = OfflineAnalyzer(OnnxModel(face_path, input_shape=FACE_INPUT_SHAPE),
-                                OnnxModel(eye_path, input_shape=(INPUT_SIZE,)), Policy(**policy), CameraDefaults(),
-                                rule)
+                                OnnxModel(eye_path, input_shape=(INPUT_SIZE,)), Policy(**policy),
+                                CameraDefaults.model_validate(camera), rule)
 
 
 def _analyze(seq: Sequence) -> SequenceResult:
@@ -68,9 +68,10 @@ def _analyze(seq: Sequence) -> SequenceResult:
 
 
 def analyze(sequences: list[Sequence], face_path: str, eye_path: str, policy: Policy, rule: str = "evidence",
-            workers: int = 1) -> list[SequenceResult]:
-    """Every sequence through the offline pipeline, in parallel processes when ``workers`` > 1."""
-    init = (face_path, eye_path, policy.model_dump(), rule)
+            workers: int = 1, camera: CameraDefaults | None = None) -> list[SequenceResult]:
+    """Every sequence through the offline pipeline, in parallel processes when ``workers`` > 1, as
+    ``camera`` samples it (default: the eye path on, for what studies the eye model)."""
+    init = (face_path, eye_path, policy.model_dump(), rule, (camera or CameraDefaults(eyes=True)).model_dump())
     if workers <= 1:
         _init(*init)
         return [_analyze(s) for s in tqdm(sequences, desc="sequences", unit="seq")]
@@ -145,11 +146,13 @@ def evaluate_fused(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray
     dataset = load(args.dataset, args.root, args.split)
     if not dataset.sequences:
         raise LivenessError(f"{args.root}: no sequences to evaluate")
-    fusion = load_settings(args.config).fusion
+    settings = load_settings(args.config)
+    fusion = settings.fusion
     policy = load_policy(fusion)
     face = str(args.face_model or artifact_path("face.onnx"))
     eye = str(args.eye_model or artifact_path("eye.onnx"))
-    results = analyze(dataset.sequences, face, eye, policy, fusion.rule, args.workers)
+    # as a camera of the config samples (ingest.eyes: eye windows or none)
+    results = analyze(dataset.sequences, face, eye, policy, fusion.rule, args.workers, settings.ingest)
     baselines = subject_half_baselines(results, policy) if args.calibrate == "subjects" else None
     out, labels, scores = report(results, policy, fusion.rule, baselines)
     out.update({"dataset": args.dataset, "split": args.split, "skipped": dataset.skipped, "threshold": 0.5,

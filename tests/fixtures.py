@@ -169,6 +169,7 @@ def services_config(tmp_path: Path, prefix: str, clips: dict[str, str]) -> Path:
         "prefix": prefix, "metrics": {"port": 0},
         "face_worker": {"min_idle_ms": 1000, "batch_size": 8}, "eye_worker": {"min_idle_ms": 1000},
         "fusion": {"policy": str(policy), "min_idle_ms": 1000}, "cameras": cams,
+        "ingest": {"eyes": True},  # both evidence paths, each with its faults
     }))
     return path
 

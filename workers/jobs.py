@@ -50,11 +50,12 @@ def queue(settings_path: str | None) -> Queue:
 
 @lru_cache(maxsize=4)
 def analyzer(config: str | None) -> OfflineAnalyzer:
-    """Models loaded once per jobs worker, deciding under the fusion policy and rule of ``config``."""
-    fusion = load_settings(config).fusion
+    """Models loaded once per jobs worker, sampling as a camera of ``config`` does and deciding under
+    its fusion policy and rule."""
+    settings = load_settings(config)
     return OfflineAnalyzer(OnnxModel(artifact_path("face.onnx"), input_shape=FACE_INPUT_SHAPE),
-                           OnnxModel(artifact_path("eye.onnx"), input_shape=(INPUT_SIZE,)), load_policy(fusion),
-                           rule=fusion.rule)
+                           OnnxModel(artifact_path("eye.onnx"), input_shape=(INPUT_SIZE,)),
+                           load_policy(settings.fusion), settings.ingest, settings.fusion.rule)
 
 
 def analyze_clip(path: str, config: str | None = None) -> dict[str, object]:

@@ -74,12 +74,13 @@ class LockstepSource:
         return None
 
 
-def live_run(r: redis.Redis, prefix: str, tmp_path: Path, images: list[np.ndarray]) -> list[dict[str, list]]:  # type: ignore[type-arg]
+def live_run(r: redis.Redis, prefix: str, tmp_path: Path, images: list[np.ndarray],
+             eyes: bool) -> list[dict[str, list]]:  # type: ignore[type-arg]
     """Per live track, in order of appearance: crop frames, face scores, eye scores, decisions."""
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({  # fusion decides with the shipped policy, as offline does
         "prefix": prefix, "redis": {"url": REDIS_URL}, "metrics": {"port": 0, "host": "127.0.0.1"},
-        "cameras": [{"id": "cam", "source": "unused.avi"}],
+        "cameras": [{"id": "cam", "source": "unused.avi"}], "ingest": {"eyes": eyes},
     }))
     keys = Keys(prefix)
     svc = Services(config, {})
@@ -112,11 +113,11 @@ def live_run(r: redis.Redis, prefix: str, tmp_path: Path, images: list[np.ndarra
             for t in order]
 
 
-def offline_run(images: list[np.ndarray]) -> list[dict[str, list]]:  # type: ignore[type-arg]
+def offline_run(images: list[np.ndarray], eyes: bool) -> list[dict[str, list]]:  # type: ignore[type-arg]
     policy = load_policy(FusionSettings())
     analyzer = OfflineAnalyzer(OnnxModel(artifact_path("face.onnx"), input_shape=FACE_INPUT_SHAPE),
                                OnnxModel(artifact_path("eye.onnx"), input_shape=(INPUT_SIZE,)), policy,
-                               CameraDefaults())
+                               CameraDefaults(eyes=eyes))
     tracks: list[TrackResult] = analyzer.analyze((i / FPS, image) for i, image in enumerate(images))
     out = []
     for t in sorted(tracks, key=lambda t: t.first_ts):
@@ -128,11 +129,14 @@ def offline_run(images: list[np.ndarray]) -> list[dict[str, list]]:  # type: ign
     return out
 
 
+@pytest.mark.parametrize("eyes", [False, True], ids=["eyes-off", "eyes-on"])
 def test_live_and_offline_send_the_same_samples_and_reach_the_same_verdicts(
-        r: redis.Redis, prefix: str, tmp_path: Path) -> None:
+        r: redis.Redis, prefix: str, tmp_path: Path, eyes: bool) -> None:
+    """With the eye path off (the default: landmarks only on crop frames) and on (every frame)."""
     images = frames()
-    offline = offline_run(images)
-    live = live_run(r, prefix, tmp_path, images)
+    offline = offline_run(images, eyes)
+    live = live_run(r, prefix, tmp_path, images, eyes)
+    assert any(t["eyes"] for t in offline) == eyes, "eye windows exactly where the eye path is on"
 
     assert [len(t["crops"]) for t in live] == [len(t["crops"]) for t in offline]
     for got, want in zip(live, offline):

@@ -42,7 +42,7 @@ def test_slow_consumers_keep_streams_bounded_and_ingest_sheds(rtsp: RtspServer, 
     cfg.write_text(yaml.safe_dump({
         "prefix": prefix, "redis": {"url": REDIS_URL}, "metrics": {"port": free_port(), "host": "127.0.0.1"},
         "streams": {"maxlen": 300, "max_face_lag": 40},
-        "ingest": {"crop_every": 1, "eye_every": 1},  # every frame to both streams: bounds are reached fast
+        "ingest": {"crop_every": 1, "eye_every": 1, "eyes": True},  # every frame to both streams: bounds are reached fast
         "cameras": [{"id": "busy", "source": rtsp.url("live")}],
     }))
     proc = subprocess.Popen(liveness_cmd("ingest", "--config", str(cfg)), stdout=subprocess.PIPE,
@@ -80,6 +80,7 @@ def test_camera_that_never_comes_back_leaves_the_others_alone(rtsp: RtspServer, 
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump({
         "prefix": prefix, "redis": {"url": REDIS_URL}, "metrics": {"port": free_port(), "host": "127.0.0.1"},
+        "ingest": {"eyes": True},  # the eye windows show which camera still sends
         "cameras": [{"id": "steady", "source": rtsp.url("live")},
                     {"id": "gone", "source": other.url("gone"), "read_timeout_s": 2.0, "open_timeout_s": 2.0}],
     }))
@@ -114,7 +115,8 @@ def test_camera_that_never_comes_back_leaves_the_others_alone(rtsp: RtspServer, 
 ])
 def test_soak_memory_stays_flat(r: redis.Redis, prefix: str, tmp_path: Path, seconds: float, growth: float) -> None:
     base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump({"prefix": prefix, "redis": {"url": REDIS_URL}, "metrics": {"port": 0}}))
+    base.write_text(yaml.safe_dump({"prefix": prefix, "redis": {"url": REDIS_URL}, "metrics": {"port": 0},
+                                    "ingest": {"eyes": True}}))  # both worker pools soak
     cams = tmp_path / "cameras.yaml"
     replay = subprocess.Popen(liveness_cmd("replay", "--dataset", "nuaa", "--root", str(NUAA), "--split", "session-01",
                                            "--limit", "4", "--port", str(free_port()), "--write-config", str(cams),

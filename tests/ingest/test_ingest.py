@@ -24,6 +24,7 @@ def write_config(tmp_path: Path, prefix: str, cameras: list[dict], metrics_port:
         "prefix": prefix,
         "redis": {"url": REDIS_URL},
         "metrics": {"port": metrics_port, "host": "127.0.0.1"},
+        "ingest": {"eyes": True},  # the eye path on: these tests read its windows too
         "cameras": cameras,
     }))
     return path

@@ -2,9 +2,10 @@
 
 import cv2
 import numpy as np
-from liveness.config import CropSettings, DetectSettings
+from liveness.config import CameraDefaults, CropSettings, DetectSettings
 from liveness.eyes import EyeHistory
-from liveness.face import FacePipeline, crop_jpeg, eye_ratios, view_box
+from liveness.face import Face, FacePipeline, crop_jpeg, eye_ratios, view_box
+from liveness.sampling import Shot, TrackSampler, TrackState
 from liveness.tracking import FaceTracker
 from tests.conftest import SHARED, nuaa_sequence
 
@@ -111,6 +112,42 @@ def test_ingest_and_offline_cut_the_same_box_and_crop() -> None:
             (face,) = still.analyze(frame)
             assert track.face.box == face.box
             assert crop_jpeg(frame, track.face.landmarks, CropSettings()) == crop_jpeg(frame, face.landmarks, CropSettings())
+
+
+class CountingPipeline(FacePipeline):
+    """Notes the frame of each landmark run."""
+
+    frame = 0
+    landmarked: list[int] = []
+
+    def face(self, image: np.ndarray, box: tuple[int, int, int, int]) -> Face:
+        self.landmarked.append(self.frame)
+        return super().face(image, box)
+
+
+def test_landmarks_run_only_on_the_frames_a_crop_or_an_eye_window_needs() -> None:
+    """Eye path off (the default): the face mesh runs on the crop frames and before each
+    detection round alone, and the same frames send crops as with it on, where it runs on every
+    frame for the eye history."""
+    images = [cv2.imread(str(p)) for p in nuaa_sequence("ClientRaw/0001_00_00_01")[:30]]
+    sent: dict[bool, list[int]] = {}
+    for eyes in (False, True):
+        pipe = CountingPipeline()
+        pipe.landmarked = []
+        sampler = TrackSampler(CameraDefaults(eyes=eyes), "cam")
+        tracker = FaceTracker[TrackState](pipe)
+        kinds: set[str] = set()
+        sent[eyes] = []
+        for i, image in enumerate(images):
+            pipe.frame = i
+            for track in tracker.update(image, i, sampler.needs_face):
+                samples, _ = sampler.sample(track, Shot(i, i / 10, i / 10, image))
+                kinds |= {s.kind for s in samples}
+                sent[eyes] += [i for s in samples if s.kind == "face"]
+        assert sent[eyes] == list(range(0, 30, 2))
+        before_rounds = {7, 15, 23}  # detection every 8th frame matches by the last frame's box
+        assert pipe.landmarked == (list(range(30)) if eyes else sorted(set(sent[eyes]) | before_rounds))
+        assert kinds == ({"face", "eye"} if eyes else {"face"})
 
 
 def test_eye_ratios_inside_blazeface_boxes_behave_as_before_on_nuaa() -> None:

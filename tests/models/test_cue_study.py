@@ -20,7 +20,7 @@ VIDEOS = SHARED / "data" / "video-sources"
 def test_every_cue_is_measured_on_a_real_video() -> None:
     analyzer = OfflineAnalyzer(OnnxModel(str(artifact_path("face.onnx")), input_shape=FACE_INPUT_SHAPE),
                                OnnxModel(str(artifact_path("eye.onnx")), input_shape=(INPUT_SIZE,)), Policy(),
-                               CameraDefaults())
+                               CameraDefaults(eyes=True))
     live = [s for s in folders(VIDEOS, "lestari").sequences if s.label == "live"]
     (row,) = measure(live, analyzer, "lestari")
     assert row["source"] == "lestari" and row["label"] == "live"

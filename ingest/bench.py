@@ -22,7 +22,7 @@ from pathlib import Path
 
 import cv2
 
-from liveness.config import CameraSettings, load_settings
+from liveness.config import CameraSettings, CameraTuning, load_settings
 from liveness.errors import LivenessError
 from liveness.redisconn import connect
 
@@ -89,9 +89,8 @@ def ingest_fps(source: str, frames: int, config: str | None,
     """
     settings = load_settings(config)
     settings.prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    camera = CameraSettings(id="bench", source=source, max_fps=settings.ingest.max_fps, detect=settings.ingest.detect,
-                            crop=settings.ingest.crop, crop_every=settings.ingest.crop_every,
-                            eye_every=settings.ingest.eye_every)
+    camera = CameraSettings(id="bench", source=source,  # every camera default of the config (eyes included)
+                            **settings.ingest.model_dump(include=set(CameraTuning.model_fields)))
     service = IngestService(settings, camera, fast=True, loop=True, max_frames=frames, stop=threading.Event())
     client = connect(settings.redis)
     try:

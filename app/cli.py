@@ -139,7 +139,7 @@ def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8554, help="RTSP port of the replay")
     p.add_argument("--fps", type=float, default=15.0)
     p.add_argument("--face-workers", type=int, default=1)
-    p.add_argument("--eye-workers", type=int, default=1)
+    p.add_argument("--eye-workers", type=int, default=None, help="default: 1 where a camera has ingest.eyes, else none")
 
 
 def _train_face(p: argparse.ArgumentParser) -> None:
@@ -206,7 +206,8 @@ def _bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--model", help="face/eye: ONNX file (default: the committed artifact)")
     p.add_argument("--face-workers", type=int, default=1, help="e2e: face worker processes")
-    p.add_argument("--eye-workers", type=int, default=1, help="e2e: eye worker processes")
+    p.add_argument("--eye-workers", type=int, default=None,
+                   help="e2e: eye worker processes (default: 1 where ingest.eyes is on, else none)")
     p.add_argument("--root", help="e2e: NUAA root (default ../shared/data/nuaa-train)")
     _config(p)
 

@@ -10,7 +10,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from liveness.app.run import effective_settings, process_specs
+from liveness.app.run import effective_settings, eye_pool, process_specs
 from liveness.config import Settings
 from liveness.contract import Decision, Keys
 from liveness.fusion.decisions import tail
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         replay = Replay(sequences, args.port, args.fps, tmp / "frames")
         stack.callback(replay.close)
         settings, _ = effective_settings(args.config, stack, tmp, cameras=replay.cameras)
-        specs = process_specs(settings, args.face_workers, args.eye_workers, loop=True)
+        specs = process_specs(settings, args.face_workers, eye_pool(settings, args.eye_workers), loop=True)
         stop = threading.Event()
         stack.callback(stop.set)
         threading.Thread(target=show_table, args=(settings, stop), daemon=True).start()

@@ -24,7 +24,7 @@ import redis
 
 from liveness.app.localredis import PrivateRedis, free_port
 from liveness.app.replay import Replay, interleave
-from liveness.app.run import process_specs
+from liveness.app.run import eye_pool, process_specs
 from liveness.config import Settings, load_settings
 from liveness.contract import Decision, EyeSample, EyeScore, FaceCrop, FaceScore, Keys
 from liveness.errors import LivenessError
@@ -91,6 +91,7 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, object]:
         stack.callback(replay.close)
         data["cameras"] = replay.cameras
         settings = Settings.model_validate(data)
+        args.eye_workers = eye_pool(settings, args.eye_workers)  # as liveness run; the report gives the number
         specs = process_specs(settings, args.face_workers, args.eye_workers, loop=True)
         supervisor = Supervisor(specs)
         client = connect(settings.redis)

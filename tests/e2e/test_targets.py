@@ -47,6 +47,7 @@ def test_prometheus_scrapes_exactly_the_processes_that_beat(tmp_path: Path, pref
     config.write_text(yaml.safe_dump({
         "prefix": prefix, "redis": {"url": REDIS_URL},
         "metrics": {"port": free_port_block(5), "host": "127.0.0.1", "targets_file": str(targets)},
+        "ingest": {"eyes": True},  # so that run starts an eye worker too
         "cameras": [{"id": "cam", "source": str(clip)}]}))
     run = subprocess.Popen(liveness_cmd("run", "--config", str(config), "--loop"), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)

@@ -49,8 +49,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     prefix = f"test-{uuid.uuid4().hex[:10]}"
     clip = make_clip(nuaa_sequence(FAULT_CLIPS["live-a"]), tmp / "cam.avi")
     config = tmp / "config.yaml"
+    # the eye path on, so that run supervises a worker of each kind
     config.write_text(yaml.safe_dump({"prefix": prefix, "redis": {"url": REDIS_URL}, "metrics": {"port": 0},
-                                      "cameras": [{"id": "cam", "source": str(clip)}]}))
+                                      "ingest": {"eyes": True}, "cameras": [{"id": "cam", "source": str(clip)}]}))
     client = redis.Redis.from_url(REDIS_URL)
     with (tmp / "run.log").open("w") as log:
         proc = subprocess.Popen(liveness_cmd("run", "--config", str(config), "--loop"), stdout=log,
@@ -128,7 +129,7 @@ def descendants(pid: int) -> set[int]:
 def test_a_killed_run_leaves_neither_children_nor_its_private_redis(tmp_path: Path) -> None:
     clip = make_clip(nuaa_sequence(FAULT_CLIPS["live-a"]), tmp_path / "cam.avi")
     config = tmp_path / "config.yaml"  # no redis.url: run starts a private Redis of its own
-    config.write_text(yaml.safe_dump({"prefix": "supervision", "metrics": {"port": 0},
+    config.write_text(yaml.safe_dump({"prefix": "supervision", "metrics": {"port": 0}, "ingest": {"eyes": True},
                                       "cameras": [{"id": "cam", "source": str(clip)}]}))
     run = subprocess.Popen(liveness_cmd("run", "--config", str(config), "--loop"), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
@@ -148,7 +149,8 @@ def test_no_child_is_killed_for_a_redis_out_of_memory(private_redis: PrivateRedi
     clip = make_clip(nuaa_sequence(FAULT_CLIPS["live-a"]), tmp_path / "cam.avi")
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"prefix": keys.prefix, "redis": {"url": private_redis.url()},
-                                      "metrics": {"port": 0}, "cameras": [{"id": "cam", "source": str(clip)}]}))
+                                      "metrics": {"port": 0}, "ingest": {"eyes": True},  # an eye worker too
+                                      "cameras": [{"id": "cam", "source": str(clip)}]}))
     log = tmp_path / "run.log"
     with log.open("w") as out:
         run = subprocess.Popen(liveness_cmd("run", "--config", str(config), "--loop"), stdout=out,

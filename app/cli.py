@@ -190,7 +190,9 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="parallel processes")
     p.add_argument("--plot", metavar="FILE.png", help="draw the DET curve")
     p.add_argument("--face-model", help="face ONNX file (default: committed)")
-    p.add_argument("--eye-model", help="eye ONNX file (default: committed)")
+    p.add_argument("--eye-model", help=(
+        "eye ONNX file (default: eye_worker.model, else a checkout's models/artifacts/eye.onnx; not shipped, "
+        "research use only); fused uses it only with ingest.eyes"))
     p.add_argument("--calibrate", choices=["none", "subjects"], default="none",
                    help="fused: calibrate each session (camera) with the live sequences of half its subjects, "
                         "report the other half, both ways")

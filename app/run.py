@@ -26,6 +26,7 @@ from liveness.app.localredis import PrivateRedis
 from liveness.app.targets import TargetsWriter
 from liveness.config import Settings, load_settings
 from liveness.contract import Decision, Keys
+from liveness.defaults import eye_model_path
 from liveness.fusion.decisions import tail
 from liveness.fusion.service import serve_fusion
 from liveness.errors import NameTakenError
@@ -118,7 +119,8 @@ def process_specs(settings: Settings, face_workers: int = 1, eye_workers: int = 
 def eye_pool(settings: Settings, asked: int | None) -> int:
     """Eye workers to start: ``asked``, else one where a camera sends eye windows (``eyes``) and none
     where none does. Notes the eye path turned on under a policy that weighs it 0: it costs
-    landmarks on every frame and a worker, and changes no decision."""
+    landmarks on every frame and a worker, and changes no decision. ModelError, before anything
+    starts, where eye workers would start without an eye model (opt-in: ``eye_model_path``)."""
     eyes = [cam.id for cam in settings.cameras if cam.eyes]
     if eyes and load_policy(settings.fusion).eye_weight == 0:
         log.warning("run: cameras %s send eye windows (eyes: true), but the fusion policy weighs the eye "
@@ -126,7 +128,10 @@ def eye_pool(settings: Settings, asked: int | None) -> int:
     if eyes and asked == 0:
         log.warning("run: cameras %s send eye windows, but no eye worker is started: they wait unscored "
                     "in the eye stream (bounded by streams.maxlen)", ", ".join(eyes))
-    return asked if asked is not None else int(bool(eyes))
+    workers = asked if asked is not None else int(bool(eyes))
+    if workers:
+        eye_model_path(settings.eye_worker.model)
+    return workers
 
 
 def refuse_if_running(client: redis.Redis, keys: Keys, specs: list[ProcessSpec]) -> None:

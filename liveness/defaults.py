@@ -39,3 +39,27 @@ def artifact_path(name: str) -> Path:
     if not isinstance(folder, Path):
         raise ModelError(f"liveness.models is not installed as files on disk ({folder!r}): reinstall the wheel")
     return folder / name
+
+
+EYE_MODEL = "eye.onnx"
+"""The eye model's file: in ``models/artifacts`` of a checkout, never in the wheel or the image."""
+
+
+def eye_model_path(configured: str | None = None) -> Path:
+    """The eye model to load: ``configured`` (``eye_worker.model``), else the one of a checkout.
+
+    Opt-in, since it is fitted on NUAA, whose data is for research use only: the default install
+    ships only models an integrator may use commercially. ModelError, saying where to get one,
+    when there is none.
+    """
+    path = Path(configured) if configured else artifact_path(EYE_MODEL)
+    if not path.is_file():
+        where = f"eye_worker.model {path}: no such file" if configured else "no eye model is installed"
+        raise ModelError(
+            f"{where}. The eye path (ingest.eyes: true) needs one, and the package and image ship none: the "
+            "project's is fitted on NUAA, whose data is for research use only, not for a commercial product "
+            "(models/artifacts/eye.md). Write one with `liveness train eye --dataset nuaa --root NUAA_ROOT "
+            "--out eye.onnx` (it is under the licence of the data it is fitted on), or take "
+            "models/artifacts/eye.onnx of a checkout, and set eye_worker.model (LIVENESS_EYE_WORKER__MODEL) "
+            "to its path")
+    return path

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from liveness.config import CameraDefaults, load_settings
-from liveness.defaults import artifact_path
+from liveness.defaults import artifact_path, eye_model_path
 from liveness.errors import LivenessError
 from liveness.evidence import Policy, live_baseline, load_policy
 from liveness.eyes import INPUT_SIZE
@@ -53,11 +53,11 @@ class SequenceResult:
 _analyzer: OfflineAnalyzer | None = None
 
 
-def _init(face_path: str, eye_path: str, policy: dict[str, Any], rule: str, camera: dict[str, Any]) -> None:
+def _init(face_path: str, eye_path: str | None, policy: dict[str, Any], rule: str, camera: dict[str, Any]) -> None:
     global _analyzer
     _analyzer = OfflineAnalyzer(OnnxModel(face_path, input_shape=FACE_INPUT_SHAPE),
-                                OnnxModel(eye_path, input_shape=(INPUT_SIZE,)), Policy(**policy),
-                                CameraDefaults.model_validate(camera), rule)
+                                OnnxModel(eye_path, input_shape=(INPUT_SIZE,)) if eye_path else None,
+                                Policy(**policy), CameraDefaults.model_validate(camera), rule)
 
 
 def _analyze(seq: Sequence) -> SequenceResult:
@@ -67,10 +67,11 @@ def _analyze(seq: Sequence) -> SequenceResult:
                           tracks[0] if tracks else None, seq.subject)
 
 
-def analyze(sequences: list[Sequence], face_path: str, eye_path: str, policy: Policy, rule: str = "evidence",
-            workers: int = 1, camera: CameraDefaults | None = None) -> list[SequenceResult]:
+def analyze(sequences: list[Sequence], face_path: str, eye_path: str | None, policy: Policy,
+            rule: str = "evidence", workers: int = 1, camera: CameraDefaults | None = None) -> list[SequenceResult]:
     """Every sequence through the offline pipeline, in parallel processes when ``workers`` > 1, as
-    ``camera`` samples it (default: the eye path on, for what studies the eye model)."""
+    ``camera`` samples it (default: the eye path on, for what studies the eye model); ``eye_path``
+    may be None where ``camera`` sends no eye windows."""
     init = (face_path, eye_path, policy.model_dump(), rule, (camera or CameraDefaults(eyes=True)).model_dump())
     if workers <= 1:
         _init(*init)
@@ -150,8 +151,8 @@ def evaluate_fused(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray
     fusion = settings.fusion
     policy = load_policy(fusion)
     face = str(args.face_model or artifact_path("face.onnx"))
-    eye = str(args.eye_model or artifact_path("eye.onnx"))
-    # as a camera of the config samples (ingest.eyes: eye windows or none)
+    # as a camera of the config samples (ingest.eyes: eye windows, scored by the opt-in eye model, or none)
+    eye = str(eye_model_path(args.eye_model or settings.eye_worker.model)) if settings.ingest.eyes else None
     results = analyze(dataset.sequences, face, eye, policy, fusion.rule, args.workers, settings.ingest)
     baselines = subject_half_baselines(results, policy) if args.calibrate == "subjects" else None
     out, labels, scores = report(results, policy, fusion.rule, baselines)
@@ -166,7 +167,7 @@ def evaluate_eye(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray, 
     ``sequence_*`` figures with one decision per sequence."""
     dataset = load(args.dataset, args.root, args.split)
     face = str(args.face_model or artifact_path("face.onnx"))
-    eye_path = str(args.eye_model or artifact_path("eye.onnx"))
+    eye_path = str(eye_model_path(args.eye_model))
     eye = OnnxModel(eye_path, input_shape=(INPUT_SIZE,))
     results = analyze(dataset.sequences, face, eye_path, Policy(), workers=args.workers)  # scores only
     labels, scores = [], []

@@ -7,11 +7,13 @@ can score any message; evidence over a track is accumulated by fusion.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
 from liveness.config import Settings, load_settings
 from liveness.contract import EyeSample, EyeScore, Message
+from liveness.defaults import eye_model_path
 from liveness.errors import PoisonMessageError
 from liveness.eyes import INPUT_SIZE, WINDOW_RATE_HZ, eye_input
 from liveness.workers.scoring import ScoringWorker, serve_worker, with_cli_overrides
@@ -26,8 +28,12 @@ class EyeWorker(ScoringWorker):
     heartbeat_role = "eye-worker"
     section = "eye_worker"
     short = "eye"
-    artifact = "eye.onnx"
     input_shape = (INPUT_SIZE,)
+
+    @classmethod
+    def model_path(cls, configured: str | None) -> Path:
+        """Opt-in: ``eye_worker.model``, or the one of a checkout (``eye_model_path``)."""
+        return eye_model_path(configured)
 
     def prepare(self, msg: Message) -> np.ndarray | None:
         assert isinstance(msg, EyeSample)

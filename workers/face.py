@@ -7,12 +7,14 @@ consumer group; a crashed worker's messages are reclaimed by the others.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from liveness.config import Settings, load_settings
 from liveness.contract import FaceCrop, FaceScore, Message
+from liveness.defaults import artifact_path
 from liveness.errors import PoisonMessageError
 from liveness.images import oversized
 from liveness.workers.runners import FACE_INPUT_SHAPE
@@ -54,8 +56,11 @@ class FaceWorker(ScoringWorker):
     biometric = True
     section = "face_worker"
     short = "face"
-    artifact = "face.onnx"
     input_shape = FACE_INPUT_SHAPE
+
+    @classmethod
+    def model_path(cls, configured: str | None) -> Path:
+        return Path(configured) if configured else artifact_path("face.onnx")
 
     def prepare(self, msg: Message) -> np.ndarray:
         assert isinstance(msg, FaceCrop)

@@ -25,7 +25,7 @@ from rq.serializers import JSONSerializer
 
 from liveness.config import load_settings
 from liveness.contract import Keys
-from liveness.defaults import artifact_path
+from liveness.defaults import artifact_path, eye_model_path
 from liveness.errors import LivenessError
 from liveness.evidence import load_policy
 from liveness.eyes import INPUT_SIZE
@@ -51,10 +51,11 @@ def queue(settings_path: str | None) -> Queue:
 @lru_cache(maxsize=4)
 def analyzer(config: str | None) -> OfflineAnalyzer:
     """Models loaded once per jobs worker, sampling as a camera of ``config`` does and deciding under
-    its fusion policy and rule."""
+    its fusion policy and rule; the eye model (opt-in, ``eye_worker.model``) only with ``ingest.eyes``."""
     settings = load_settings(config)
-    return OfflineAnalyzer(OnnxModel(artifact_path("face.onnx"), input_shape=FACE_INPUT_SHAPE),
-                           OnnxModel(artifact_path("eye.onnx"), input_shape=(INPUT_SIZE,)),
+    eye = (OnnxModel(eye_model_path(settings.eye_worker.model), input_shape=(INPUT_SIZE,))
+           if settings.ingest.eyes else None)
+    return OfflineAnalyzer(OnnxModel(artifact_path("face.onnx"), input_shape=FACE_INPUT_SHAPE), eye,
                            load_policy(settings.fusion), settings.ingest, settings.fusion.rule)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from liveness.config import CameraDefaults
 from liveness.contract import FaceCrop, Verdict
-from liveness.errors import PoisonMessageError
+from liveness.errors import ModelError, PoisonMessageError
 from liveness.evidence import Change, Policy, TrackEvidence
 from liveness.face import FacePipeline
 from liveness.pacing import FramePacer
@@ -113,12 +113,15 @@ class _Scoring:
 class OfflineAnalyzer:
     """Runs clips through tracker, sampler, models and fusion; reusable across clips (models load once)."""
 
-    def __init__(self, face_model: OnnxModel, eye_model: OnnxModel, policy: Policy,
+    def __init__(self, face_model: OnnxModel, eye_model: OnnxModel | None, policy: Policy,
                  camera: CameraDefaults | None = None, rule: str = "evidence") -> None:
+        """``eye_model`` may be None where ``camera`` sends no eye windows (``eyes``: off)."""
+        self.camera = camera or CameraDefaults()
+        if self.camera.eyes and eye_model is None:
+            raise ModelError("offline analysis: the camera sends eye windows (eyes: true), but no eye model is given")
         self.face_model = face_model
         self.eye_model = eye_model
         self.policy = policy
-        self.camera = camera or CameraDefaults()
         self.rule = rule
         self.pipeline = FacePipeline(self.camera.detect, self.camera.crop)
         check_views(list(self.camera.crop.views), face_model.views)
@@ -174,6 +177,7 @@ class OfflineAnalyzer:
         for kind, model in (("face", self.face_model), ("eye", self.eye_model)):
             mine = [s for s in scoring if s.sample.kind == kind]
             if mine:
+                assert model is not None, "eye windows are sampled only with an eye model (__init__)"
                 scores.update(zip(map(id, mine), self._score(model, [s.row for s in mine])))
         res.events = [Event(s.ts, s.frame, s.sample.kind, scores[id(s)], s.sample.slot)
                       for s in sorted(scoring, key=lambda s: (s.ts, s.sample.kind))]

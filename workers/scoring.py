@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
@@ -20,7 +21,6 @@ import redis
 from liveness import lifecycle
 from liveness.config import Settings, WorkerSettings
 from liveness.contract import EyeSample, FaceCrop, Keys, Role, Score
-from liveness.defaults import artifact_path
 from liveness.errors import PoisonMessageError
 from liveness.heartbeat import Beacon
 from liveness.metrics import STAGE_LATENCY
@@ -49,7 +49,6 @@ class ScoringWorker(StreamConsumer):
     """Its section of the settings."""
     short: ClassVar[str]
     """What its default consumer names start with."""
-    artifact: ClassVar[str]
     input_shape: ClassVar[tuple[int, ...]]
 
     def __init__(self, settings: Settings, cfg: WorkerSettings, model: OnnxModel, client: redis.Redis, name: str,
@@ -63,6 +62,11 @@ class ScoringWorker(StreamConsumer):
         self.model = model
         self.scores = keys.stream(self.output)
         self.maxlen = settings.streams.maxlen
+
+    @classmethod
+    def model_path(cls, configured: str | None) -> Path:
+        """The model to load: ``configured`` (its section's ``model``), else its default."""
+        raise NotImplementedError
 
     def prepare(self, msg: FaceCrop | EyeSample) -> np.ndarray | None:
         """One model input row; None to acknowledge without a score; PoisonMessageError to dead-letter."""
@@ -118,7 +122,7 @@ def serve_worker(settings: Settings, worker: type[ScoringWorker], *, name: str |
                  metrics_port: int | None = None) -> None:
     """Load the model, serve metrics, consume until SIGTERM/SIGINT (the batch is finished first)."""
     cfg: WorkerSettings = getattr(settings, worker.section)
-    model = OnnxModel(cfg.model or artifact_path(worker.artifact), threads=cfg.threads, input_shape=worker.input_shape,
+    model = OnnxModel(worker.model_path(cfg.model), threads=cfg.threads, input_shape=worker.input_shape,
                       max_batch=cfg.batch_size)
     name = name or consumer_name(worker.short)
     service = lifecycle.start(settings, name, worker.heartbeat_role, metrics_port)

@@ -26,7 +26,7 @@ from liveness import __version__
 from liveness.app.cli import COMMANDS, build_parser
 from liveness.config import load_settings
 from liveness.contract import EyeSample, FaceCrop, Keys
-from liveness.defaults import METRICS_PORT
+from liveness.defaults import EYE_MODEL, METRICS_PORT
 from tests.conftest import ROLE_USERS
 from tests.deploy.conftest import COMPOSE_SECRETS, K8S, ROOT, by_kind, kustomize, manifests, secret_docs, tool
 
@@ -333,7 +333,8 @@ def test_dockerfile_runs_liveness_as_non_root() -> None:
 
 
 def test_wheel_ships_the_models(tmp_path: Path) -> None:
-    """What the image installs: one ``liveness`` namespace, the models inside it as package data.
+    """What the image installs: one ``liveness`` namespace, the models inside it as package data,
+    each under a licence that allows commercial use: not the eye model (NUAA, research use; opt-in).
 
     Built from the image's build context (``.dockerignore`` applied): setuptools would also pack
     whatever a stale ``build/`` of the checkout holds.
@@ -351,4 +352,7 @@ def test_wheel_ships_the_models(tmp_path: Path) -> None:
     for package in ("app", "ingest", "workers", "fusion", "models"):
         assert f"liveness/{package}/__init__.py" in names
     committed = {f"liveness/models/artifacts/{p.name}" for p in (ROOT / "models" / "artifacts").glob("*.onnx")}
-    assert committed and committed <= names
+    eye = f"liveness/models/artifacts/{EYE_MODEL}"
+    assert eye in committed, "the checkout keeps it, for development and the tests"
+    assert committed - {eye} <= names and eye not in names
+    assert {n for n in names if n.endswith(".onnx")} == committed - {eye}

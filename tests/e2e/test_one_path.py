@@ -20,7 +20,7 @@ import yaml
 
 from liveness.config import CameraDefaults, FusionSettings, load_settings
 from liveness.contract import Decision, EyeSample, EyeScore, FaceCrop, FaceScore, Keys
-from liveness.defaults import artifact_path
+from liveness.defaults import artifact_path, eye_model_path
 from liveness.eyes import INPUT_SIZE
 from liveness.evidence import load_policy
 from liveness.ingest.capture import Frame
@@ -115,8 +115,8 @@ def live_run(r: redis.Redis, prefix: str, tmp_path: Path, images: list[np.ndarra
 
 def offline_run(images: list[np.ndarray], eyes: bool) -> list[dict[str, list]]:  # type: ignore[type-arg]
     policy = load_policy(FusionSettings())
-    analyzer = OfflineAnalyzer(OnnxModel(artifact_path("face.onnx"), input_shape=FACE_INPUT_SHAPE),
-                               OnnxModel(artifact_path("eye.onnx"), input_shape=(INPUT_SIZE,)), policy,
+    eye = OnnxModel(eye_model_path(), input_shape=(INPUT_SIZE,)) if eyes else None  # opt-in: the checkout's
+    analyzer = OfflineAnalyzer(OnnxModel(artifact_path("face.onnx"), input_shape=FACE_INPUT_SHAPE), eye, policy,
                                CameraDefaults(eyes=eyes))
     tracks: list[TrackResult] = analyzer.analyze((i / FPS, image) for i, image in enumerate(images))
     out = []

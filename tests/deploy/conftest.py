@@ -38,18 +38,27 @@ def tool(name: str) -> str:
     return path
 
 
-def compose_config(tmp: Path, variables: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``docker-compose config`` with exactly ``variables`` set: none from this shell or a ``.env``."""
+COMPOSE_PROFILES = ("eyes",)
+"""Every profile of the compose file: the opt-in services (``profiles``), which ``up`` starts only when named."""
+
+
+def compose_config(tmp: Path, variables: dict[str, str],
+                   profiles: tuple[str, ...] = COMPOSE_PROFILES) -> subprocess.CompletedProcess[str]:
+    """``docker-compose config`` with exactly ``variables`` set (none from this shell or a ``.env``),
+    the services of ``profiles`` included."""
     env_file = tmp / "compose.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in variables.items()))
-    env = {k: v for k, v in os.environ.items() if k not in COMPOSE_SECRETS and not k.endswith("_BIND")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in COMPOSE_SECRETS and k not in ("EYE_MODEL", "COMPOSE_PROFILES") and not k.endswith("_BIND")}
+    selected = [arg for profile in profiles for arg in ("--profile", profile)]
     return subprocess.run([tool("docker-compose"), "--env-file", str(env_file), "-f", str(ROOT / "docker-compose.yml"),
-                           "config"], capture_output=True, text=True, timeout=120, env=env)
+                           *selected, "config"], capture_output=True, text=True, timeout=120, env=env)
 
 
 @pytest.fixture(scope="session")
 def compose(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The compose file validated and normalised (paths made absolute), with the secrets set."""
+    """The compose file validated and normalised (paths made absolute), with the secrets set and
+    every profile's services included (each keeps its ``profiles``)."""
     proc = compose_config(tmp_path_factory.mktemp("compose"), COMPOSE_SECRETS)
     assert proc.returncode == 0, f"docker-compose config failed:\n{proc.stderr}"
     return yaml.safe_load(proc.stdout)
@@ -81,14 +90,15 @@ def yaml_docs(path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
 
 
-def manifests() -> list[dict]:
-    """Every manifest of deploy/k8s (components aside), as committed."""
-    files = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+def manifests(*components: str) -> list[dict]:
+    """Every manifest of deploy/k8s, and those the named components add, as committed."""
+    files = sorted(p for folder in (K8S, *(K8S / c for c in components)) for p in folder.glob("*.yaml")
+                   if p.name != "kustomization.yaml")
     return [doc for path in files for doc in yaml_docs(path)]
 
 
-def by_kind(kind: str) -> dict[str, dict]:
-    return {d["metadata"]["name"]: d for d in manifests() if d["kind"] == kind}
+def by_kind(kind: str, *components: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in manifests(*components) if d["kind"] == kind}
 
 
 def kustomize(base: Path, *components: str) -> list[dict]:

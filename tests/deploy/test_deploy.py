@@ -26,13 +26,18 @@ from liveness import __version__
 from liveness.app.cli import COMMANDS, build_parser
 from liveness.config import load_settings
 from liveness.contract import EyeSample, FaceCrop, Keys
-from liveness.defaults import EYE_MODEL, METRICS_PORT
+from liveness.defaults import EYE_MODEL, METRICS_PORT, eye_model_path
 from tests.conftest import ROLE_USERS
-from tests.deploy.conftest import COMPOSE_SECRETS, K8S, ROOT, by_kind, kustomize, manifests, secret_docs, tool
+from tests.deploy.conftest import (COMPOSE_SECRETS, K8S, ROOT, by_kind, compose_config, kustomize, manifests,
+                                   secret_docs, tool)
 
 DEPLOY = ROOT / "deploy"
 CONFIG_IN_CONTAINER = "/etc/liveness/config.yaml"
 LIVENESS_SERVICES = ("ingest", "face-worker", "eye-worker", "fusion")
+OPT_IN = {"eye-worker": "eyes"}
+"""Services a default deployment starts none of, and the compose profile or kustomize component
+that adds each: the eye model is for research use only (models/artifacts/eye.md)."""
+EYE_MODEL_IN_POD = "/etc/liveness-eye/eye.onnx"
 WORKER_STREAMS = {"face-worker": (FaceCrop, "face-workers"), "eye-worker": (EyeSample, "eye-workers")}
 METRIC_MODULES = ("liveness.ingest.metrics", "liveness.workers.metrics", "liveness.fusion.metrics",
                   "liveness.streams", "liveness.metrics", "liveness.supervisor")
@@ -75,8 +80,28 @@ def test_compose_runs_every_service(compose: dict) -> None:
         assert svc["image"] == services["ingest"]["image"], f"{name}: every liveness service runs one image"
         assert svc["command"][0] == name and svc["command"][0] in COMMANDS, f"{name}: {svc['command']}"
         assert svc["command"][svc["command"].index("--config") + 1] == CONFIG_IN_CONTAINER
-    for name in WORKER_STREAMS:
-        assert services[name]["deploy"]["replicas"] >= 2, f"{name}: scaled with deploy.replicas"
+    assert services["face-worker"]["deploy"]["replicas"] >= 2, "face-worker: scaled with deploy.replicas"
+    assert services["eye-worker"]["deploy"]["replicas"] >= 1
+
+
+def test_compose_starts_no_eye_worker_unless_asked(compose: dict) -> None:
+    """``up`` starts the services without ``profiles``; ``--profile eyes`` adds the eye worker."""
+    opt_in = {name: svc["profiles"] for name, svc in compose["services"].items() if svc.get("profiles")}
+    assert opt_in == {name: [profile] for name, profile in OPT_IN.items()}
+
+
+def test_compose_eye_worker_mounts_its_model(compose: dict, tmp_path: Path) -> None:
+    """The image has no eye model: the eye worker mounts the checkout's, or the one EYE_MODEL names."""
+    svc = compose["services"]["eye-worker"]
+    settings = load_settings(mounts(svc)[CONFIG_IN_CONTAINER], environ=svc["environment"])
+    model = settings.eye_worker.model
+    assert model and model != CONFIG_IN_CONTAINER
+    assert mounts(svc)[model] == ROOT / "models" / "artifacts" / EYE_MODEL
+    assert eye_model_path(str(mounts(svc)[model])).is_file()
+    mine = tmp_path / "mine.onnx"
+    proc = compose_config(tmp_path, {**COMPOSE_SECRETS, "EYE_MODEL": str(mine)})
+    assert proc.returncode == 0, proc.stderr
+    assert mounts(yaml.safe_load(proc.stdout)["services"]["eye-worker"])[model] == mine
 
 
 def test_compose_redis_persists(compose: dict) -> None:
@@ -224,18 +249,44 @@ def test_kustomization_lists_every_manifest() -> None:
     assert set(kustomization["resources"]) == files
 
 
+def names(docs: list[dict]) -> set[tuple[str, str]]:
+    return {(d["kind"], d["metadata"]["name"]) for d in docs}
+
+
 def test_kustomize_builds_the_manifests() -> None:
     built = kustomize(K8S)
-    def names(docs: list[dict]) -> set[tuple[str, str]]:
-        return {(d["kind"], d["metadata"]["name"]) for d in docs}
-
     assert names(built) == names(manifests())
     assert all(d["metadata"].get("namespace") == "liveness" for d in built if d["kind"] != "Namespace")
 
 
+def ingest_env(docs: list[dict]) -> dict[str, str]:
+    (ingest,) = [d for d in docs if (d["kind"], d["metadata"]["name"]) == ("Deployment", "ingest")]
+    return {e["name"]: e.get("value") for e in ingest["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_kustomize_eyes_component_adds_the_eye_path() -> None:
+    """By default no eye worker and no eye windows; the component adds the pool, KEDA's scaling of
+    it, and ingest's eye windows, and composes with tls."""
+    default = kustomize(K8S)
+    assert not {("Deployment", "eye-worker"), ("ScaledObject", "eye-worker")} & names(default)
+    assert load_settings(environ={k: v for k, v in ingest_env(default).items() if v}).ingest.eyes is False
+    component = yaml.safe_load((K8S / "eyes" / "kustomization.yaml").read_text())
+    assert component["kind"] == "Component"
+    assert set(component["resources"]) == {p.name for p in (K8S / "eyes").glob("*.yaml")} - {"kustomization.yaml"}
+    built = kustomize(K8S, "eyes")
+    assert names(built) - names(default) == {("Deployment", "eye-worker"), ("ScaledObject", "eye-worker")}
+    assert names(built) == names(manifests("eyes"))
+    env = ingest_env(built)
+    assert load_settings(environ={k: v for k, v in env.items() if v}).ingest.eyes is True
+    with_tls = {d["metadata"]["name"]: d for d in kustomize(K8S, "eyes", "tls") if d["kind"] == "Deployment"}
+    eye_env = {e["name"] for e in with_tls["eye-worker"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "LIVENESS_REDIS__SSL_CA_CERTS" in eye_env, "tls reaches the eye worker too"
+
+
 @pytest.mark.parametrize("name", LIVENESS_SERVICES)
 def test_deployment(name: str, k8s_secrets: dict[str, dict[str, str]]) -> None:
-    deployment = by_kind("Deployment")[name]
+    assert (name in by_kind("Deployment")) == (name not in OPT_IN), "the default deploys no eye worker"
+    deployment = by_kind("Deployment", *OPT_IN.values())[name]
     pod = deployment["spec"]["template"]
     labels = pod["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -253,10 +304,17 @@ def test_deployment(name: str, k8s_secrets: dict[str, dict[str, str]]) -> None:
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     config_volume = next(n for n, p in mounted.items() if config_path.startswith(p + "/"))
     assert volumes[config_volume]["configMap"]["name"] in by_kind("ConfigMap")
+    if name == "eye-worker":  # not in the image: a ConfigMap the operator makes (eyes/kustomization.yaml)
+        model_volume = next(n for n, p in mounted.items() if EYE_MODEL_IN_POD.startswith(p + "/"))
+        assert volumes[model_volume]["configMap"]["name"] == "liveness-eye-model"
+        assert "liveness-eye-model" in (K8S / "eyes" / "kustomization.yaml").read_text()
     for env in container["env"]:
-        ref = env["valueFrom"]["secretKeyRef"]
-        assert ref["key"] in k8s_secrets[ref["name"]], f"{name}: env {env['name']}"
-    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]}
+        if "valueFrom" in env:
+            ref = env["valueFrom"]["secretKeyRef"]
+            assert ref["key"] in k8s_secrets[ref["name"]], f"{name}: env {env['name']}"
+    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
+    values = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert values == ({"LIVENESS_EYE_WORKER__MODEL": EYE_MODEL_IN_POD} if name == "eye-worker" else {})
     assert secrets["LIVENESS_REDIS__URL"] == f"liveness-redis-{ROLE_USERS[name]}", "its role's own Redis user"
     assert ("LIVENESS_FUSION__DECISION_KEY" in secrets) == (name == "fusion"), "fusion alone signs decisions"
     # the probes ask the pod's own heartbeats: alive while they beat, ready while they say ready
@@ -284,7 +342,7 @@ def test_configmap_config_validates(tmp_path: Path, k8s_secrets: dict[str, dict[
 
 
 def test_services_select_pods() -> None:
-    workloads = [d for d in manifests() if d["kind"] in ("Deployment", "StatefulSet")]
+    workloads = [d for d in manifests(*OPT_IN.values()) if d["kind"] in ("Deployment", "StatefulSet")]
     pod_labels = [d["spec"]["template"]["metadata"]["labels"] for d in workloads]
     for name, service in by_kind("Service").items():
         selector = service["spec"]["selector"].items()
@@ -295,9 +353,10 @@ def test_services_select_pods() -> None:
 def test_scaled_object_scales_on_its_group(name: str) -> None:
     message, role = WORKER_STREAMS[name]
     keys = Keys()
-    scaled = by_kind("ScaledObject")[name]
+    assert (name in by_kind("ScaledObject")) == (name not in OPT_IN), "KEDA keeps no idle eye worker by default"
+    scaled = by_kind("ScaledObject", *OPT_IN.values())[name]
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
-    target = by_kind("Deployment")[scaled["spec"]["scaleTargetRef"]["name"]]
+    target = by_kind("Deployment", *OPT_IN.values())[scaled["spec"]["scaleTargetRef"]["name"]]
     assert target["metadata"]["name"] == name
     (trigger,) = scaled["spec"]["triggers"]
     meta = trigger["metadata"]
@@ -311,7 +370,7 @@ def test_scaled_object_scales_on_its_group(name: str) -> None:
 
 def test_manifests_match_kubernetes_schemas() -> None:
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
-    for doc in manifests() + kustomize(K8S, "tls") + secret_docs():
+    for doc in manifests() + kustomize(K8S, "eyes", "tls") + secret_docs():
         if doc["apiVersion"].startswith("keda.sh/"):
             continue  # a CRD: no schema bundled; checked above and in test_security.py
         kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)

@@ -194,7 +194,8 @@ def selects(selector: dict, labels: dict[str, str]) -> bool:
 
 
 def pod_labels(name: str) -> dict[str, str]:
-    workloads = {**by_kind("Deployment"), **by_kind("StatefulSet")}
+    """The pod labels of a workload of the manifests, those of the opt-in eye path too."""
+    workloads = {**by_kind("Deployment", "eyes"), **by_kind("StatefulSet")}
     return workloads[name]["spec"]["template"]["metadata"]["labels"]
 
 
@@ -297,7 +298,7 @@ def test_network_policy_admits_only_liveness_pods_and_keda_to_redis() -> None:
 def test_keda_logs_in_as_its_read_only_user(k8s_secrets: dict) -> None:
     auths = by_kind("TriggerAuthentication")
     secret = k8s_secrets["liveness-redis-keda"]
-    for scaled in by_kind("ScaledObject").values():
+    for scaled in by_kind("ScaledObject", "eyes").values():
         for trigger in scaled["spec"]["triggers"]:
             refs = {r["parameter"]: secret[r["key"]] for r in auths[trigger["authenticationRef"]["name"]]["spec"]
                     ["secretTargetRef"] if r["name"] == "liveness-redis-keda"}

@@ -8,7 +8,9 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
+from liveness import defaults
 from liveness.app.cli import main
 from liveness.errors import LivenessError
 from liveness.evidence import Policy
@@ -30,7 +32,17 @@ def folders(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
-def test_fused_one_decision_per_sequence(folders: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture
+def no_eye_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As an installed wheel: every model but the eye model (research use, opt-in)."""
+    shipped = defaults.artifact_path
+    monkeypatch.setattr(defaults, "artifact_path",
+                        lambda name: tmp_path / name if name == defaults.EYE_MODEL else shipped(name))
+
+
+def test_fused_one_decision_per_sequence(folders: Path, capsys: pytest.CaptureFixture[str],
+                                         no_eye_model: None) -> None:
+    """With the eye path off (the default) it needs no eye model."""
     assert main(["evaluate", "--model", "fused", "--dataset", "folders", "--root", str(folders), "--json"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (report["n_live"], report["n_spoof"], report["unit"]) == (2, 2, "sequence")
@@ -40,6 +52,16 @@ def test_fused_one_decision_per_sequence(folders: Path, capsys: pytest.CaptureFi
     assert report["no_face"] == 0
     assert report["acer"] == 0.0, report["errors"]  # sequences the shipped models were trained on
     assert 0 < report["time_to_decision_median_s"] < 5
+
+
+def test_fused_with_the_eye_path_on_and_no_eye_model_says_where_to_get_one(
+        folders: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_eye_model: None) -> None:
+    cfg = tmp_path / "eyes.yaml"
+    cfg.write_text(yaml.safe_dump({"ingest": {"eyes": True}}))
+    assert main(["evaluate", "--model", "fused", "--config", str(cfg), "--dataset", "folders", "--root", str(folders),
+                 "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "no eye model is installed" in err and "liveness train eye" in err and "research use only" in err
 
 
 def test_eye_per_window(folders: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -34,13 +34,15 @@ ROUNDS = 3
 STAGES = {
     "decode": ("capture.py", "get"),
     "detect": ("face.py", "detections"),
+    "follow": ("tracking.py", "_follow"),
     "landmarks": ("face.py", "face"),
     "crop_jpeg": ("face.py", "crop_jpeg"),
     "publish": ("publisher.py", "flush"),
 }
 """Stage -> the function whose cumulative CPU time it is (file name, function name): reading and
-decoding a frame, the face detector, landmarks and eye ratios of one face, cutting and encoding
-the crop, writing the messages to Redis. The rest of a frame's CPU is ``other``."""
+decoding a frame, the face detector, following a face between detection rounds, landmarks and
+eye ratios of one face (only with the eye path on), cutting and encoding the crop, writing the
+messages to Redis. The rest of a frame's CPU is ``other``."""
 
 DEFAULT_SEQUENCE = Path(__file__).resolve().parents[1].parent / "shared/data/nuaa-train/ClientRaw/0001"
 
@@ -81,7 +83,7 @@ def decode_fps(source: str, frames: int) -> float:
 
 def ingest_fps(source: str, frames: int, config: str | None,
                profile: cProfile.Profile | None = None) -> tuple[float, int]:
-    """Video frames per second through the full ingest (detect, landmarks, crops, publish), one
+    """Video frames per second through the full ingest (detect, follow, crops, publish; landmarks with the eye path on), one
     thread, and how many of the ``frames`` it processed.
 
     The camera defaults of the config apply, ``max_fps`` included: frames above it are

@@ -66,6 +66,7 @@ class CameraReader:
 
     def __post_init__(self) -> None:
         self.pacer = FramePacer(self.camera.max_fps)
+        self.metrics = metrics.CameraMetrics.of(self.camera.id)
 
     @property
     def who(self) -> str:
@@ -134,23 +135,23 @@ class CameraReader:
                 continue
             last_frame = time.monotonic()
             self.frames_read += 1
-            metrics.FRAMES_READ.labels(cam).inc(1 + reader.overwritten)
-            metrics.FRAMES_SKIPPED.labels(cam).inc(reader.overwritten)
+            self.metrics.frames_read.inc(1 + reader.overwritten)
+            self.metrics.frames_skipped.inc(reader.overwritten)
             reader.overwritten = 0
             # files: time in the video, continued across loops, so --fast and --loop keep eye timing
             file = reader if isinstance(reader, FileReader) else None  # not live
             media_ts = frame.capture_ts if file is None else self._media_offset + frame.index / file.fps
             if not self.pacer.take(media_ts):
-                metrics.FRAMES_SKIPPED.labels(cam).inc()
+                self.metrics.frames_skipped.inc()
                 continue
             if file is not None:
                 self._media_end = media_ts + 1.0 / file.fps
-            metrics.STAGE_SECONDS.labels(cam, "decode").observe(time.perf_counter() - t0)
+            self.metrics.decode_seconds.observe(time.perf_counter() - t0)
             sink.frame(frame, media_ts, reader.ready())
             got += 1
             now = time.monotonic()
             fps_window.append(now)
             while fps_window and fps_window[0] < now - 5.0:
                 fps_window.pop(0)
-            metrics.CAMERA_FPS.labels(cam).set(len(fps_window) / 5.0)
+            self.metrics.camera_fps.set(len(fps_window) / 5.0)
         return got

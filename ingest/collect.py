@@ -106,7 +106,7 @@ def collect(camera: CameraSettings, entry: Path, crops: bool, seconds: float | N
                 faces = pipeline.analyze(frame.image)
                 name = entry / f"{done.frames:06d}.jpg"
                 if crops:
-                    image = pipeline.crop(frame.image, faces[0]) if faces else None
+                    image = pipeline.crop(frame.image, faces[0].box) if faces else None
                 else:
                     image = frame.image
                 if image is not None and not cv2.imwrite(str(name), image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):

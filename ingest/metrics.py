@@ -1,5 +1,7 @@
 """Ingest metrics, labelled by camera (never by track: tracks are unbounded)."""
 
+from dataclasses import dataclass
+
 from prometheus_client import Counter, Gauge, Histogram
 
 FRAMES_READ = Counter("liveness_frames_read_total", "Frames decoded from the source", ["camera"])
@@ -24,3 +26,32 @@ STAGE_SECONDS = Histogram(
     "liveness_ingest_stage_seconds", "Time per ingest stage per frame", ["camera", "stage"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
 )
+
+
+@dataclass(frozen=True)
+class CameraMetrics:
+    """One camera's series of the metrics updated on every frame, labelled once: ``labels()``
+    checks and looks up its labels on every call, and a frame updates a dozen series."""
+
+    frames_read: Counter
+    frames_processed: Counter
+    frames_skipped: Counter
+    frames_shed: Counter
+    faces: Counter
+    tracks: Counter
+    tracks_open: Gauge
+    camera_fps: Gauge
+    crops_published: Counter
+    windows_published: Counter
+    decode_seconds: Histogram
+    track_seconds: Histogram
+    crop_seconds: Histogram
+    publish_seconds: Histogram
+
+    @classmethod
+    def of(cls, camera: str) -> "CameraMetrics":
+        return cls(FRAMES_READ.labels(camera), FRAMES_PROCESSED.labels(camera), FRAMES_SKIPPED.labels(camera),
+                   FRAMES_SHED.labels(camera), FACES.labels(camera), TRACKS.labels(camera), TRACKS_OPEN.labels(camera),
+                   CAMERA_FPS.labels(camera), CROPS_PUBLISHED.labels(camera), WINDOWS_PUBLISHED.labels(camera),
+                   STAGE_SECONDS.labels(camera, "decode"), STAGE_SECONDS.labels(camera, "track"),
+                   STAGE_SECONDS.labels(camera, "crop"), STAGE_SECONDS.labels(camera, "publish"))

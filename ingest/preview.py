@@ -55,13 +55,14 @@ class Preview:
         verdicts = self._read_verdicts([t.id for t in tracks], now)
         for t in tracks:
             verdict, score = verdicts.get(t.id, Shown("undecided", -1.0))
-            x, y, w, h = t.face.box
+            x, y, w, h = t.box
             colour = COLOURS.get(verdict, COLOURS["undecided"])
             cv2.rectangle(frame, (x, y), (x + w, y + h), colour, 2)
             text = f"{t.id} {verdict}" + (f" face {score:.2f}" if score >= 0 else "")
             cv2.putText(frame, text, (x, max(15, y - 8)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
-            cv2.putText(frame, f"eyes {t.face.left:.2f}/{t.face.right:.2f}", (x, y + h + 16),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
+            if t.face is not None:  # eye ratios: landmarked only where the eye path is on
+                cv2.putText(frame, f"eyes {t.face.left:.2f}/{t.face.right:.2f}", (x, y + h + 16),
+                            cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
         ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 80])
         if ok:
             with self._cond:

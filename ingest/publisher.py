@@ -37,6 +37,7 @@ class Publisher:
         self.settings = settings
         self.keys = Keys(settings.prefix)
         self.camera_id = camera_id
+        self.metrics = metrics.CameraMetrics.of(camera_id)
         self.who = f"ingest {camera_id}"
         self.shedding = False
         """The face workers lag beyond ``streams.max_face_lag``: crops are not sent."""
@@ -62,7 +63,7 @@ class Publisher:
             return
         t0 = time.perf_counter()
         self._publish(messages)
-        metrics.STAGE_SECONDS.labels(self.camera_id, "publish").observe(time.perf_counter() - t0)
+        self.metrics.publish_seconds.observe(time.perf_counter() - t0)
 
     @property
     def backing_off(self) -> bool:
@@ -111,6 +112,6 @@ class Publisher:
         for msg in messages:
             metrics.PUBLISHED.labels(cam, msg.stream).inc()
             if isinstance(msg, FaceCrop):
-                metrics.CROPS_PUBLISHED.labels(cam).inc()
+                self.metrics.crops_published.inc()
             elif msg.window is not None:
-                metrics.WINDOWS_PUBLISHED.labels(cam).inc()
+                self.metrics.windows_published.inc()

@@ -56,6 +56,7 @@ class IngestService:
         self.who = f"ingest {camera.id}"
         self.metrics_port = metrics_port
         self.frames = 0
+        self.metrics = metrics.CameraMetrics.of(camera.id)
         self.preview: Preview | None = None
         self._next_lag_check = 0.0
         self.lag_check_s = LAG_CHECK_S
@@ -132,28 +133,29 @@ class IngestService:
         if frame.image.ndim != 3 or frame.image.shape[0] < 32 or frame.image.shape[1] < 32:
             metrics.SOURCE_ERRORS.labels(cam, "corrupt").inc()
             return []
-        self._ask_redis(self.tracker.tracks)  # before landmarks: which tracks' crops are shed or slowed
+        self._ask_redis(self.tracker.tracks)  # which tracks' crops are shed or slowed
         shed = self.publisher.shedding
-        tracks = self.tracker.update(frame.image, self.frames, lambda t: self.sampler.needs_face(t, shed))
+        tracks = self.tracker.update(frame.image, self.frames, self.sampler.needs_face)
         if self.preview is not None:
             self.preview.offer(frame.image, tracks)
         t1 = time.perf_counter()
-        metrics.STAGE_SECONDS.labels(cam, "track").observe(t1 - t0)
+        m = self.metrics
+        m.track_seconds.observe(t1 - t0)
         self.frames += 1
-        metrics.FRAMES_PROCESSED.labels(cam).inc()
-        metrics.TRACKS_OPEN.labels(cam).set(len(tracks))
+        m.frames_processed.inc()
+        m.tracks_open.set(len(tracks))
         if not tracks:
             return []
         messages: list[FaceCrop | EyeSample] = []
         shot = Shot(frame.index, frame.capture_ts, media_ts, frame.image)
         for track in tracks:
             if track.state is None:
-                metrics.TRACKS.labels(cam).inc()
-            metrics.FACES.labels(cam).inc()
+                m.tracks.inc()
+            m.faces.inc()
             samples, dropped = self.sampler.sample(track, shot, shed)
-            metrics.FRAMES_SHED.labels(cam).inc(dropped)
+            m.frames_shed.inc(dropped)
             messages.extend(s.message for s in samples)
-        metrics.STAGE_SECONDS.labels(cam, "crop").observe(time.perf_counter() - t1)
+        m.crop_seconds.observe(time.perf_counter() - t1)
         return messages
 
     def _ask_redis(self, tracks: list[Track[TrackState]]) -> None:

@@ -2,8 +2,9 @@
 
 BlazeFace finds faces (``liveness.detector``), 68 landmarks run inside its box on the
 full-resolution frame (``liveness.landmarks``: MediaPipe's face mesh by default, dlib's model
-where a deployment opts in), then the ratio of eye per eye and the face's views for the face
-model: the box from the landmarks scaled 2.7x and 4.0x, cut from the frame, 80x80 each.
+where a deployment opts in) for the ratio of eye per eye, and the face's views for the face
+model: the detector's box (followed between detection rounds by ``liveness.tracking``) reshaped,
+scaled 2.7x and 4.0x, cut from the frame, 80x80 each.
 Landmark indices are dlib's, 0-based: 36-41 is the eye on the image's left, 42-47 the one
 on its right.
 """
@@ -30,22 +31,6 @@ def eye_ratios(pts: np.ndarray) -> tuple[float, float]:
         return float(height / width) if width > 1e-6 else 0.0
 
     return one(37, 38, 40, 41, 36, 39), one(43, 44, 46, 47, 42, 45)
-
-
-def face_box(pts: np.ndarray) -> tuple[int, int, int, int]:
-    """Detector-style square box ``(x, y, w, h)`` of a face, from its landmarks.
-
-    The detector's box is about 1.07 times the landmarks' extent and sits slightly higher
-    (measured on NUAA and the webcam rooms, where BlazeFace's and dlib's boxes agree within
-    2 % of their size), so the shape predictor sees boxes like the ones it was trained on and
-    a tracked face and a detected face give the same crop.
-    """
-    lo, hi = pts.min(axis=0), pts.max(axis=0)
-    cx, cy = (lo + hi) / 2.0
-    size = float(max(hi - lo))
-    side = 1.07 * size
-    cx, cy = cx + 0.03 * size, cy - 0.08 * size
-    return int(cx - side / 2), int(cy - side / 2), int(side), int(side)
 
 
 def view_box(frame_shape: tuple[int, ...], box: tuple[int, int, int, int], crop: CropSettings,
@@ -88,9 +73,9 @@ def face_views(frame: np.ndarray, box: tuple[int, int, int, int], crop: CropSett
     return np.concatenate(tiles, axis=1)
 
 
-def crop_jpeg(frame: np.ndarray, pts: np.ndarray, crop: CropSettings) -> bytes | None:
-    """The face's views as the JPEG that travels on the face stream (None if encoding failed)."""
-    ok, jpeg = cv2.imencode(".jpg", face_views(frame, face_box(pts), crop), [cv2.IMWRITE_JPEG_QUALITY, crop.jpeg_quality])
+def crop_jpeg(frame: np.ndarray, box: tuple[int, int, int, int], crop: CropSettings) -> bytes | None:
+    """The views of the face in ``box`` as the JPEG that travels on the face stream (None if encoding failed)."""
+    ok, jpeg = cv2.imencode(".jpg", face_views(frame, box, crop), [cv2.IMWRITE_JPEG_QUALITY, crop.jpeg_quality])
     return jpeg.tobytes() if ok else None
 
 
@@ -198,9 +183,9 @@ class FacePipeline:
         """Detect and landmark every face of a single frame (stills, training, evaluation)."""
         return [self.face(frame, box) for box in self.detect(frame)]
 
-    def crop(self, frame: np.ndarray, face: Face) -> np.ndarray:
-        """The face's views, as ingest publishes them (before JPEG)."""
-        return face_views(frame, face_box(face.landmarks), self.crop_settings)
+    def crop(self, frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        """The views of the face in ``box`` (a detector box), as ingest publishes them (before JPEG)."""
+        return face_views(frame, box, self.crop_settings)
 
 
 def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:

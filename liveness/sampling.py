@@ -8,9 +8,9 @@ ones offline replay skips too (``sends``), so what ``evaluate --model fused`` sc
 live camera sends. A new kind of evidence is one more ``Rule`` in ``RULES``.
 
 The eye rule runs only where the camera turns it on (``eyes``; off by default, as the shipped
-fusion policy weighs the eye model 0). The tracker landmarks a track only on the frames
-``needs_face`` names (and the frame before each detection round): every frame while eye windows
-are kept, else only those a crop is due on.
+fusion policy weighs the eye model 0). Crops are cut from the track's box, so the tracker
+landmarks a track only where ``needs_face`` says: on every frame while eye windows are kept,
+else never.
 
 Ingest learns that a track is decided from fusion (``liveness.evidence.read_verdicts``), a
 moment after it is; offline replay knows it from the next frame on.
@@ -78,7 +78,7 @@ class Rule(ABC):
     sheddable: ClassVar[bool] = False
     """Whether ingest drops it (counted) while the workers that score it lag."""
     observes: ClassVar[bool] = False
-    """Whether ``observe`` needs the track's landmarked face on every frame."""
+    """Whether ``observe`` needs the track's landmarked face on every frame (the only use of landmarks)."""
 
     def __init__(self, sampler: "TrackSampler") -> None:
         self.sampler = sampler
@@ -111,14 +111,14 @@ class EyeRule(Rule):
         return self.sampler.camera.eye_every
 
     def observe(self, track: Track[TrackState], shot: Shot) -> None:
-        assert track.state is not None
+        assert track.state is not None and track.face is not None and track.fresh, "an eye rule needs this frame's landmarks"
         track.state.eyes.add(shot.media_ts, track.face.left, track.face.right)
 
     def make(self, track: Track[TrackState], shot: Shot, now: float) -> Sent | None:
-        assert track.state is not None
+        assert track.state is not None and track.face is not None
         eyes, face = track.state.eyes, track.face
         window = eyes.window()
-        return EyeSample(self.sampler.camera_id, track.id, shot.index, shot.capture_ts, now, _box(face.box),
+        return EyeSample(self.sampler.camera_id, track.id, shot.index, shot.capture_ts, now, _box(track.box),
                          face.left, face.right, eyes.open_level, window, eyes.rate_hz if window else None,
                          self.sampler.label)
 
@@ -135,12 +135,11 @@ class CropRule(Rule):
         return self.sampler.camera.crop_every
 
     def make(self, track: Track[TrackState], shot: Shot, now: float) -> Sent | None:
-        assert track.fresh, "a crop needs this frame's landmarks (TrackSampler.needs_face)"
         crop = self.sampler.camera.crop
-        jpeg = crop_jpeg(shot.image, track.face.landmarks, crop)
+        jpeg = crop_jpeg(shot.image, track.box, crop)
         if jpeg is None:
             return None
-        return FaceCrop(self.sampler.camera_id, track.id, shot.index, shot.capture_ts, now, _box(track.face.box),
+        return FaceCrop(self.sampler.camera_id, track.id, shot.index, shot.capture_ts, now, _box(track.box),
                         jpeg, list(crop.views), self.sampler.label)
 
 
@@ -163,16 +162,12 @@ class TrackSampler:
         self.camera_id = camera_id
         self.label = label
         self.rules = [rule(self) for rule in RULES if rule.kind != "eye" or camera.eyes]
+        self.observes = any(rule.observes for rule in self.rules)
 
-    def needs_face(self, track: Track[TrackState], shed: bool = False) -> bool:
-        """Whether the track's face must be landmarked on its current frame (``track.frames``): the
-        tracker's ``needs``, so landmarks run only where a rule is due or keeps a history.
-
-        A decided track's slots that are not sent are landmarked all the same: the box a face is
-        followed by then moves as in offline replay, which does not know what is decided, so the
-        crops that go out are the ones it scores."""
-        return any(rule.observes or (rule.slot(track.frames) is not None and not (shed and rule.sheddable))
-                   for rule in self.rules)
+    def needs_face(self, track: Track[TrackState]) -> bool:
+        """Whether the track's face must be landmarked on its current frame (the tracker's
+        ``needs``): only where a rule keeps a history of it (the eye windows)."""
+        return self.observes
 
     def sample(self, track: Track[TrackState], shot: Shot, shed: bool = False) -> tuple[list[Sample], int]:
         """The track's samples of this frame, and how many were due but shed (``shed``: the

@@ -133,7 +133,7 @@ class CueObserver:
     def __call__(self, track: Track[TrackState], shot: Shot) -> None:
         c = self.tracks.setdefault(track.id, TrackCues())
         grey = cv2.cvtColor(shot.image, cv2.COLOR_BGR2GRAY)
-        box: Box = tuple(int(v) for v in track.face.box)  # type: ignore[assignment]
+        box: Box = track.box
         if c.prev is not None and c.box is not None:
             m = motion(c.prev, grey, c.box)
             if m is not None:
@@ -145,6 +145,7 @@ class CueObserver:
         wide = _wide(grey, box, 3.0)[0]
         if face.size and wide.size:
             c.light.append((float(face.mean()), float(wide.mean())))
+        assert track.face is not None, "observed tracks are landmarked on every frame"
         c.ratios.append((track.face.left + track.face.right) / 2)
         c.prev, c.box = grey, box
 

@@ -40,7 +40,7 @@ def _extract_part(dataset: Dataset) -> FaceCrops:
 
 
 def face_crops_parallel(dataset: Dataset, workers: int) -> FaceCrops:
-    """Crops of every frame, the sequences spread over ``workers`` processes (the landmark models run single-threaded)."""
+    """Crops of every frame, the sequences spread over ``workers`` processes (the models run single-threaded)."""
     if workers <= 1 or len(dataset.sequences) < 2:
         return extract(dataset, CropSettings())
     parts = [Dataset(dataset.sequences[i::workers]) for i in range(workers)]
@@ -51,7 +51,7 @@ def face_crops_parallel(dataset: Dataset, workers: int) -> FaceCrops:
     return FaceCrops(
         crops=np.concatenate([r.crops for r in results]),
         has_face=np.concatenate([r.has_face for r in results]),
-        landmarks=np.concatenate([r.landmarks for r in results]),
+        boxes=np.concatenate([r.boxes for r in results]),
         labels=np.concatenate([r.labels for r in results]),
         sequence=np.concatenate([r.sequence + off for r, off in zip(results, offsets)]),
         names=[n for r in results for n in r.names],

@@ -1,7 +1,7 @@
 """Face crops of a labelled dataset, made by the shared face pipeline and cached as .npz.
 
-Detection and landmarks are the slow part, so they are cached with the crops; a
-crop of another size or scale is then re-cut from the cached landmarks in seconds.
+Detection is the slow part, so the face boxes are cached with the crops; a crop of another
+size or scale is then re-cut from the cached boxes in seconds.
 Crops go through the same JPEG round trip as on the stream, so training sees what the
 worker sees. The cache holds biometric data: it lives under the gitignored ``.cache/``.
 """
@@ -19,13 +19,16 @@ import numpy as np
 from tqdm import tqdm
 
 from liveness.config import CropSettings, DetectSettings
-from liveness.face import FacePipeline, face_box, face_views
+from liveness.face import FacePipeline, face_views
 from liveness.models.datasets import Dataset, load
 
 log = logging.getLogger(__name__)
 
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "face"
-"""Gitignored cache of extracted crops and landmarks."""
+"""Gitignored cache of extracted crops and face boxes."""
+
+CACHE_FORMAT = 2
+"""Part of every cache key: a cache of another format (1 held landmarks, not boxes) is made anew."""
 
 
 @dataclass
@@ -36,8 +39,8 @@ class FaceCrops:
     """(N, S, S * views, 3) uint8 BGR, the views side by side, after a JPEG round trip."""
     has_face: np.ndarray
     """(N,) bool: False where the detector found no face (the frame counts as rejected)."""
-    landmarks: np.ndarray
-    """(N, 68, 2) float32 full-frame landmarks of the largest face (zeros when none)."""
+    boxes: np.ndarray
+    """(N, 4) int32 full-frame box ``(x, y, w, h)`` of the largest face (zeros when none)."""
     labels: np.ndarray
     """(N,) int64: 1 = spoof (attack), 0 = live."""
     sequence: np.ndarray
@@ -50,7 +53,7 @@ class FaceCrops:
 
     def subset(self, mask: np.ndarray) -> "FaceCrops":
         idx = np.flatnonzero(mask)
-        return FaceCrops(self.crops[idx], self.has_face[idx], self.landmarks[idx], self.labels[idx],
+        return FaceCrops(self.crops[idx], self.has_face[idx], self.boxes[idx], self.labels[idx],
                          self.sequence[idx], self.names, self.sessions[idx], self.subjects[idx],
                          [self.paths[i] for i in idx])
 
@@ -109,24 +112,24 @@ def extract(dataset: Dataset, crop: CropSettings, limit: int | None = None,
     stride = max(1, -(-known // limit)) if limit else 1
     pipe = FacePipeline(crop=crop)
     paths: list[str] = []
-    crops, has_face, landmarks, seq_idx = [], [], [], []
+    crops, has_face, boxes, seq_idx = [], [], [], []
     for i, source, img in tqdm(_frames(dataset, stride, video_rate), desc="faces", unit="frame", total=known // stride or None):
         if limit is not None and len(paths) >= limit:
             break
-        faces = pipe.analyze(img) if img is not None else []
+        faces = pipe.detect(img) if img is not None else []
         if faces:
             crops.append(jpeg_roundtrip(pipe.crop(img, faces[0]), crop.jpeg_quality))
-            landmarks.append(faces[0].landmarks)
+            boxes.append(faces[0])
         else:
             crops.append(np.zeros(crop_shape(crop), np.uint8))
-            landmarks.append(np.zeros((68, 2), np.float32))
+            boxes.append((0, 0, 0, 0))
         has_face.append(bool(faces))
         seq_idx.append(i)
         paths.append(source)
     seqs = dataset.sequences
     return FaceCrops(
         crops=np.stack(crops) if crops else np.zeros((0, *crop_shape(crop)), np.uint8),
-        has_face=np.array(has_face, bool), landmarks=np.array(landmarks, np.float32).reshape(-1, 68, 2),
+        has_face=np.array(has_face, bool), boxes=np.array(boxes, np.int32).reshape(-1, 4),
         labels=np.array([1 if seqs[i].label == "spoof" else 0 for i in seq_idx], np.int64),
         sequence=np.array(seq_idx, np.int64), names=[q.name for q in seqs],
         sessions=np.array([seqs[i].session or "" for i in seq_idx]),
@@ -143,7 +146,7 @@ def _read(path: Path) -> np.ndarray | None:
 
 
 def recrop(data: FaceCrops, crop: CropSettings) -> FaceCrops:
-    """Re-cut every crop at another size or scale from the cached landmarks (no detection).
+    """Re-cut every crop at another size or scale from the cached boxes (no detection).
 
     Only for image sequences: video frames are not addressable by path.
     """
@@ -151,14 +154,15 @@ def recrop(data: FaceCrops, crop: CropSettings) -> FaceCrops:
     for k in np.flatnonzero(data.has_face):
         img = _read(Path(data.paths[k]))
         if img is not None:
-            crops[k] = jpeg_roundtrip(face_views(img, face_box(data.landmarks[k]), crop), crop.jpeg_quality)
-    return FaceCrops(crops, data.has_face, data.landmarks, data.labels, data.sequence, data.names,
+            x, y, w, h = (int(v) for v in data.boxes[k])
+            crops[k] = jpeg_roundtrip(face_views(img, (x, y, w, h), crop), crop.jpeg_quality)
+    return FaceCrops(crops, data.has_face, data.boxes, data.labels, data.sequence, data.names,
                      data.sessions, data.subjects, data.paths)
 
 
 def _cache_path(kind: str, root: str | Path, split: str | None, crop: CropSettings, limit: int | None,
                 video_rate: float | None = None) -> Path:
-    key = f"{kind}|{Path(root).resolve()}|{split}|{crop.model_dump_json()}|{limit}|{DetectSettings().model_dump_json()}"
+    key = f"{CACHE_FORMAT}|{kind}|{Path(root).resolve()}|{split}|{crop.model_dump_json()}|{limit}|{DetectSettings().model_dump_json()}"
     if video_rate:
         key += f"|{video_rate}"
     return CACHE_DIR / f"face_crops_{kind}_{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
@@ -167,7 +171,7 @@ def _cache_path(kind: str, root: str | Path, split: str | None, crop: CropSettin
 def save(data: FaceCrops, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, crops=data.crops, has_face=data.has_face, landmarks=data.landmarks, labels=data.labels,
+    np.savez(tmp, crops=data.crops, has_face=data.has_face, boxes=data.boxes, labels=data.labels,
              sequence=data.sequence, names=np.array(data.names), sessions=data.sessions,
              subjects=data.subjects, paths=np.array(data.paths))
     tmp.replace(path)
@@ -175,7 +179,7 @@ def save(data: FaceCrops, path: Path) -> None:
 
 def read(path: Path) -> FaceCrops:
     with np.load(path, allow_pickle=False) as z:
-        return FaceCrops(z["crops"], z["has_face"], z["landmarks"], z["labels"], z["sequence"],
+        return FaceCrops(z["crops"], z["has_face"], z["boxes"], z["labels"], z["sequence"],
                          z["names"].tolist(), z["sessions"], z["subjects"], z["paths"].tolist())
 
 

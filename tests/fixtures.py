@@ -34,8 +34,8 @@ def real_crops(label: str, n: int = 40) -> tuple[bytes, ...]:
     out = []
     for path in nuaa_sequence(SEQUENCES[label])[:n]:
         frame = cv2.imread(str(path))
-        for face in pipe.analyze(frame)[:1]:
-            jpeg = crop_jpeg(frame, face.landmarks, CropSettings())
+        for box in pipe.detect(frame)[:1]:
+            jpeg = crop_jpeg(frame, box, CropSettings())
             assert jpeg is not None
             out.append(jpeg)
     return tuple(out)

@@ -132,7 +132,7 @@ def offline_run(images: list[np.ndarray], eyes: bool) -> list[dict[str, list]]: 
 @pytest.mark.parametrize("eyes", [False, True], ids=["eyes-off", "eyes-on"])
 def test_live_and_offline_send_the_same_samples_and_reach_the_same_verdicts(
         r: redis.Redis, prefix: str, tmp_path: Path, eyes: bool) -> None:
-    """With the eye path off (the default: landmarks only on crop frames) and on (every frame)."""
+    """With the eye path off (the default: no landmarks) and on (every frame)."""
     images = frames()
     offline = offline_run(images, eyes)
     live = live_run(r, prefix, tmp_path, images, eyes)

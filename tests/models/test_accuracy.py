@@ -55,13 +55,13 @@ def scored() -> tuple[FaceCrops, np.ndarray, float]:
     for i, seq in enumerate(dataset.sequences):
         for j, (_, frame) in enumerate(seq.read()):
             if j % STRIDE == 0:
-                faces = pipe.analyze(frame)
+                faces = pipe.detect(frame)
                 rows.append((i, jpeg_roundtrip(pipe.crop(frame, faces[0]), crop.jpeg_quality) if faces else None))
     empty = np.zeros((crop.size, crop.size * len(crop.views), 3), np.uint8)
     seq_idx = np.array([i for i, _ in rows])
     data = FaceCrops(
         crops=np.stack([c if c is not None else empty for _, c in rows]),
-        has_face=np.array([c is not None for _, c in rows]), landmarks=np.zeros((len(rows), 68, 2), np.float32),
+        has_face=np.array([c is not None for _, c in rows]), boxes=np.zeros((len(rows), 4), np.int32),
         labels=np.array([int(dataset.sequences[i].label == "spoof") for i in seq_idx]), sequence=seq_idx,
         names=[s.name for s in dataset.sequences], sessions=np.array([dataset.sequences[i].session for i in seq_idx]),
         subjects=np.array([""] * len(rows)), paths=[""] * len(rows))

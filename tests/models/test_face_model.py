@@ -59,7 +59,7 @@ def real_crops(n: int = 6) -> np.ndarray:
     pipe = FacePipeline()
     frames = [cv2.imread(str(p)) for p in nuaa_sequence("ClientRaw/0001_00_00_01")[:n // 2]]
     frames += [cv2.imread(str(p)) for p in sorted((ROOMS / "sudipto" / "spoof").glob("*.jpg"))[:n // 2]]
-    return np.stack([pipe.crop(f, pipe.analyze(f)[0]) for f in frames]).astype(np.float32)
+    return np.stack([pipe.crop(f, pipe.detect(f)[0]) for f in frames]).astype(np.float32)
 
 
 def test_the_onnx_export_agrees_with_torch_on_real_crops(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from tests.conftest import SHARED
 
 def synthetic(name: str, attack: str, pair: np.ndarray, labels: np.ndarray) -> Source:
     n = len(labels)
-    data = FaceCrops(np.zeros((n, 1, 1, 3), np.uint8), np.ones(n, bool), np.zeros((n, 68, 2), np.float32),
+    data = FaceCrops(np.zeros((n, 1, 1, 3), np.uint8), np.ones(n, bool), np.zeros((n, 4), np.int32),
                      labels.astype(np.int64), np.arange(n), [str(i) for i in range(n)], np.array([""] * n),
                      np.array([""] * n), [str(i) for i in range(n)])
     return Source(SourceSpec(name, "folders", "", name, attack), data, np.zeros((n, 256), np.float32), pair)

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import onnxruntime as ort
 
-from liveness.defaults import artifact_path
+from liveness.defaults import artifact_path, eye_model_path
 from liveness.eyes import CLOSED_FRACTION, OPEN_LEVEL_FRAMES
 from liveness.face import FacePipeline, eye_ratios, iou
 from liveness.landmarks import Dlib68, FaceMesh, Landmarker, mesh_to_68
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "nuaa": source_figures(nuaa, nd),
         "videos": source_figures(videos, vd),
     }
-    shipped = ort.InferenceSession(str(artifact_path("eye.onnx")), providers=["CPUExecutionProvider"])
+    shipped = ort.InferenceSession(str(eye_model_path()), providers=["CPUExecutionProvider"])
     eye: dict[str, object] = {}
     nuaa_tracks = {m: [t for t in tracks(nuaa, nd, m) if t.session in ("01", "02")] for m in MODELS}
     for m in MODELS:

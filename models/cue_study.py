@@ -40,7 +40,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from liveness.config import CameraDefaults
-from liveness.defaults import artifact_path
+from liveness.defaults import artifact_path, eye_model_path
 from liveness.evidence import Policy
 from liveness.eyes import INPUT_SIZE
 from liveness.models.datasets import Sequence, folders, nuaa
@@ -279,7 +279,7 @@ def main() -> int:
             return OfflineAnalyzer(OnnxModel(face, input_shape=FACE_INPUT_SHAPE), OnnxModel(eye, input_shape=eye_shape),
                                    Policy(), camera)
 
-        face, eye = str(args.face_model or artifact_path("face.onnx")), str(artifact_path("eye.onnx"))
+        face, eye = str(args.face_model or artifact_path("face.onnx")), str(eye_model_path())
         if args.videos:
             shipped = analyzer(face, eye)
             for d in sorted(p for p in Path(args.videos).iterdir() if p.is_dir()):

@@ -189,13 +189,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rate(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"  # a source of one class has no rate of the other
+
+
 def _human(result: dict[str, Any]) -> str:
     lines = []
     for key in ("held_out", "held_out_calibrated", "shipped_on_sources", "shipped_on_sources_calibrated"):
         s = result[key]
         lines.append(f"{key}: mean ACER {s['mean_acer']:.4f}, worst {s['worst_acer']:.4f} ({s['worst_source']}), "
                      f"attacks accepted {s['attacks_accepted']}")
-        lines += [f"  {name:>16}  ACER {f['acer']:.4f}  APCER {f['apcer']:.4f}  BPCER {f['bpcer']:.4f}  "
+        lines += [f"  {name:>16}  ACER {f['acer']:.4f}  APCER {_rate(f['apcer'])}  BPCER {_rate(f['bpcer'])}  "
                   f"undecided {f['undecided']}  live in {f['time_to_decision_live_median_s']} s"
                   for name, f in s["per_source"].items()]
     lines.append(f"shipped policy: {json.dumps(result['shipped_policy'])}")

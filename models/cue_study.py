@@ -17,7 +17,10 @@ frame of its longest track this measures:
   face, median over every 5th frame.
 - ``flicker_face``, ``flicker_ratio``: the face's mean light from frame to frame (second
   differences), alone and divided by the ring's (a screen's refresh beating against the camera's).
-- ``face``: the face model's mean log-odds, for reference and to combine with.
+- ``face``: the face model's mean log-odds, for reference and to combine with; ``face_q75``: their
+  0.75 quantile, ``face_max3``: their highest mean over 3 crops in a row (a track's most
+  attack-like moment: a replay may look live on most frames and betray itself on a few),
+  ``face_spread``: their standard deviation (a screen's texture changes as it moves).
 
 Each cue is judged leaving one source out: its direction and threshold are chosen on the other
 sources (lowest half total error over their sequences), and the left-out source's sequences are
@@ -53,7 +56,7 @@ from liveness.workers.runners import FACE_INPUT_SHAPE, OnnxModel
 SCALE = 96.0
 """Pixels per face width that the wide view is resized to (cost and scale do not depend on the camera)."""
 
-CUES = ("face", "eye_q25", "eye_min", "blink_depth", "motion_residual", "motion_ring_residual", "motion_gap",
+CUES = ("face", "face_q75", "face_max3", "face_spread", "eye_q25", "eye_min", "blink_depth", "motion_residual", "motion_ring_residual", "motion_gap",
         "edges", "flicker_face", "flicker_ratio")
 
 Box = tuple[int, int, int, int]
@@ -160,6 +163,11 @@ def features(faces: list[float], eyes: list[float], c: TrackCues) -> dict[str, f
     nan = math.nan
     out = {k: nan for k in CUES}
     out["face"] = float(_logit(np.array(faces)).mean()) if faces else nan
+    if len(faces) >= 4:
+        logits = _logit(np.array(faces))
+        out["face_q75"] = float(np.quantile(logits, 0.75))
+        out["face_max3"] = float(np.convolve(logits, np.ones(3) / 3, mode="valid").max())
+        out["face_spread"] = float(np.std(logits))
     if eyes:
         out["eye_q25"], out["eye_min"] = float(np.quantile(eyes, 0.25)), float(min(eyes))
     if c.ratios:

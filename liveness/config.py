@@ -89,7 +89,7 @@ class DetectSettings(Section):
         "Where BlazeFace finds no face on the whole frame, look again on overlapping tiles (faces down to "
         "about 5 % of the frame's width), once per change of the scene"))
     landmarks: LandmarkModel = Field("face_mesh", description=(
-        "Landmark model for the eye ratios and the face box: 'face_mesh', MediaPipe's face mesh "
+        "Landmark model for the eye ratios (the eye path): 'face_mesh', MediaPipe's face mesh "
         "(Apache-2.0, shipped); or 'dlib68', dlib's 68-point model, which needs "
         "pip install 'liveness[dlib68]' and is trained on iBUG 300-W, whose licence excludes "
         "commercial use: not for a commercial product"))
@@ -103,7 +103,7 @@ class CameraTuning(Section):
     eyes: bool = Field(False, description=(
         "Send eye windows (blink evidence) to the eye workers. Off by default: the shipped fusion "
         "policy weighs the eye model 0 (models/artifacts/eye.md), so its windows would change no "
-        "decision; off, the face mesh runs only on the frames that feed a crop"))
+        "decision; off, no landmarks run at all (crops are cut from the followed detector box)"))
     eye_every: int = Field(3, ge=1, description=(
         "Publish every k-th eye window of a track: each spans one second, so at 10 fps every blink "
         "still falls whole in a window, and the eye workers and fusion do a third of the work"))

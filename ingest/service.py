@@ -135,7 +135,7 @@ class IngestService:
             return []
         self._ask_redis(self.tracker.tracks)  # which tracks' crops are shed or slowed
         shed = self.publisher.shedding
-        tracks = self.tracker.update(frame.image, self.frames, self.sampler.needs_face)
+        tracks = self.tracker.update(frame.image, self.frames, self.sampler.landmarks)
         if self.preview is not None:
             self.preview.offer(frame.image, tracks)
         t1 = time.perf_counter()

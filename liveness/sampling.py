@@ -9,7 +9,7 @@ live camera sends. A new kind of evidence is one more ``Rule`` in ``RULES``.
 
 The eye rule runs only where the camera turns it on (``eyes``; off by default, as the shipped
 fusion policy weighs the eye model 0). Crops are cut from the track's box, so the tracker
-landmarks a track only where ``needs_face`` says: on every frame while eye windows are kept,
+landmarks tracks only where ``landmarks`` says: on every frame while eye windows are kept,
 else never.
 
 Ingest learns that a track is decided from fusion (``liveness.evidence.read_verdicts``), a
@@ -162,12 +162,9 @@ class TrackSampler:
         self.camera_id = camera_id
         self.label = label
         self.rules = [rule(self) for rule in RULES if rule.kind != "eye" or camera.eyes]
-        self.observes = any(rule.observes for rule in self.rules)
-
-    def needs_face(self, track: Track[TrackState]) -> bool:
-        """Whether the track's face must be landmarked on its current frame (the tracker's
-        ``needs``): only where a rule keeps a history of it (the eye windows)."""
-        return self.observes
+        self.landmarks = any(rule.observes for rule in self.rules)
+        """Whether the tracker must landmark every track on every frame (``FaceTracker.update``): only
+        where a rule keeps a history of the face (the eye windows)."""
 
     def sample(self, track: Track[TrackState], shot: Shot, shed: bool = False) -> tuple[list[Sample], int]:
         """The track's samples of this frame, and how many were due but shed (``shed``: the

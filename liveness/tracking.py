@@ -5,8 +5,8 @@ round places each track on its detector box; between rounds the box follows the 
 the face as the last round saw it, shrunk to 32-64 pixels a face width, in the region around its last place
 (a small fraction of a millisecond a face). Crops are cut from that box, as single-frame analysis
 cuts them from the detector's, so no frame needs landmarks for its crop. Landmarks (about 4 ms a
-face) run only on the frames the tracker's user names (``update``'s ``needs``: the frames that
-feed an eye window, where the eye path is on).
+face) run only where the tracker's user asks for them (``update``'s ``landmarks``: ingest's
+sampler does while it keeps eye windows, where the eye path is on).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class Track(Generic[S]):
     fresh: bool = False
     """Whether ``face`` was landmarked on this frame."""
     template: np.ndarray | None = field(default=None, repr=False)
-    """The face as the last detection round saw it, grey, ``FOLLOW_PX`` pixels wide."""
+    """The face as the last detection round saw it, grey, shrunk ``_factor(box width)`` times."""
 
 
 class FaceTracker(Generic[S]):
@@ -74,15 +74,13 @@ class FaceTracker(Generic[S]):
         self.tracks: list[Track[S]] = []
         self._last_detect = -(10**9)
         self.ended: list[Track[S]] = []
-        self._needs: Callable[[Track[S]], bool] = lambda _: True
+        self._landmarks = True
 
-    def update(self, frame: np.ndarray, index: int,
-               needs: Callable[[Track[S]], bool] | None = None) -> list[Track[S]]:
+    def update(self, frame: np.ndarray, index: int, landmarks: bool = True) -> list[Track[S]]:
         """Advance to frame ``index``; ended tracks are left in ``self.ended`` for the caller.
 
-        ``needs(track)`` (track's ``frames`` already counting this frame): whether its face must be
-        landmarked now; None: on every frame."""
-        self._needs = needs or (lambda _: True)
+        ``landmarks``: whether every track's face is landmarked on this frame (``Track.face``)."""
+        self._landmarks = landmarks
         self.ended = []
         h, w = frame.shape[:2]
         every = self.pipeline.detect_settings.every_n_frames
@@ -149,8 +147,8 @@ class FaceTracker(Generic[S]):
         return kept
 
     def _look(self, track: Track[S], frame: np.ndarray) -> None:
-        """Landmark the track's face in its box if this frame needs it."""
-        if self._needs(track):
+        """Landmark the track's face in its box if this frame asks for landmarks."""
+        if self._landmarks:
             track.face = self.pipeline.face(frame, track.box)
             track.fresh = True
 

@@ -140,7 +140,7 @@ class OfflineAnalyzer:
             if not pacer.take(ts):
                 continue  # as ingest: frames above max_fps are dropped
             shot = Shot(processed, ts, ts, image)
-            for track in tracker.update(image, processed, None if observe else sampler.needs_face):
+            for track in tracker.update(image, processed, observe is not None or sampler.landmarks):
                 res = results.setdefault(track.id, TrackResult(track.id, 0, ts, ts))
                 res.frames += 1
                 res.last_ts = ts

@@ -127,7 +127,7 @@ def test_between_rounds_the_box_follows_a_moving_face() -> None:
     for i in range(24):
         frame = cv2.warpAffine(still, np.float32([[1, 0, 6 * i - 70], [0, 1, 3 * i - 35]]), (640, 480),
                                borderMode=cv2.BORDER_REPLICATE)
-        (track,) = tracker.update(frame, i, lambda _: False)
+        (track,) = tracker.update(frame, i, landmarks=False)
         assert track.face is None and not track.fresh, "no landmarks where none are needed"
         (x, y, w, _), = detector.detect(frame)
         worst = max(worst, abs(track.box[0] - x) / w, abs(track.box[1] - y) / w)
@@ -162,7 +162,7 @@ def test_landmarks_run_only_where_eye_windows_need_them() -> None:
         sent[eyes] = []
         for i, image in enumerate(images):
             pipe.frame = i
-            for track in tracker.update(image, i, sampler.needs_face):
+            for track in tracker.update(image, i, sampler.landmarks):
                 samples, _ = sampler.sample(track, Shot(i, i / 10, i / 10, image))
                 kinds |= {s.kind for s in samples}
                 sent[eyes] += [(i, s.message.jpeg) for s in samples if isinstance(s.message, FaceCrop)]

@@ -4,8 +4,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 DECISIONS = Counter("liveness_decisions_total", "Decisions emitted (first and revised)", ["camera", "verdict"])
 DECIDED_BY = Counter("liveness_decisions_by_evidence_total",
-                     "Decisions by the evidence that carried them (liveness.evidence.decided_by): face, eye, or "
-                     "both (only their sum reached the threshold)", ["camera", "evidence"])
+                     "Decisions by the evidence that carried them (liveness.evidence.decided_by): face, eye, "
+                     "both (only their sum reached the threshold), or moment (a spoof on three attack-like crops in a row)", ["camera", "evidence"])
 TIME_TO_DECISION = Histogram(
     "liveness_time_to_decision_seconds", "From a track's first captured frame to its first decision", ["camera"],
     buckets=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0),

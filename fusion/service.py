@@ -230,12 +230,12 @@ class FusionConsumer(StreamConsumer):
                 STAGE_LATENCY.labels("score_to_fusion").observe(latency)
             first = u.state.decisions - len(u.decisions) == 0
             for i, d in enumerate(u.decisions):
-                self.decided(d, first and i == 0)
+                self.decided(d, first and i == 0, u.state.face_moment)
 
-    def decided(self, d: Decision, first: bool) -> None:
-        """A committed decision's metrics, log line and webhook."""
+    def decided(self, d: Decision, first: bool, moment: float) -> None:
+        """A committed decision's metrics, log line and webhook; ``moment``: its track's ``face_moment``."""
         metrics.DECISIONS.labels(d.camera, d.verdict).inc()
-        evidence = decided_by(d.face_evidence, d.eye_evidence, d.verdict, self.fusion.policy)
+        evidence = decided_by(d.face_evidence, d.eye_evidence, d.verdict, self.fusion.policy, moment)
         metrics.DECIDED_BY.labels(d.camera, evidence).inc()
         metrics.PIPELINE_LATENCY.labels(d.camera).observe(max(0.0, d.decided_ts - d.last_capture_ts))
         if first:

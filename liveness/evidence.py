@@ -45,6 +45,9 @@ EYE_BINS = 20
 LLR_CLIP = 3.0
 """Largest evidence one score may carry, in log-odds."""
 
+MOMENT_CROPS = 3
+"""Face crops in a row whose mean evidence is one moment of a track (``Policy.moment_at``)."""
+
 
 class Policy(BaseModel):
     """Decision thresholds, chosen from data (``models/artifacts/fusion.json``), overridable in config."""
@@ -63,6 +66,9 @@ class Policy(BaseModel):
     spoof_at: float = Field(2.0, gt=0, description="Total evidence at or above which a track is spoof")
     live_at: float = Field(3.0, gt=0, description="Total evidence at or below minus this is live")
     min_face: int = Field(3, ge=1, description="Face scores needed before any decision")
+    moment_at: float | None = Field(None, gt=0, le=LLR_CLIP, description=(
+        f"Mean evidence of {MOMENT_CROPS} face crops in a row at or above which a track is spoof, whatever "
+        "the rest of it says (a replay may look live on most frames and betray itself on a few); none: off"))
 
     @classmethod
     def load(cls, path: str | Path) -> "Policy":
@@ -129,6 +135,10 @@ class TrackEvidence:
     face_logit: float = 0.0
     """Sum of the raw face log-odds: a labelled live track's mean calibrates its camera."""
     last_face: float = -1.0
+    face_recent: list[float] = field(default_factory=list)
+    """The evidence of the last ``MOMENT_CROPS`` face crops, in the order they arrived."""
+    face_moment: float = -LLR_CLIP
+    """The highest mean of ``face_recent`` so far: the track's most attack-like moment."""
     eye_n: int = 0
     eye_hist: list[int] = field(default_factory=lambda: [0] * EYE_BINS)
     last_eye: float = -1.0
@@ -154,8 +164,12 @@ class TrackEvidence:
             self.face_n += 1
             logit = _logit(score)
             self.face_logit += logit
-            self.face_llr += _clip(logit - face_neutral(policy, baseline))
+            llr = _clip(logit - face_neutral(policy, baseline))
+            self.face_llr += llr
             self.last_face = score
+            self.face_recent = [*self.face_recent, llr][-MOMENT_CROPS:]
+            if len(self.face_recent) == MOMENT_CROPS:
+                self.face_moment = max(self.face_moment, sum(self.face_recent) / MOMENT_CROPS)
         else:
             self.eye_n += 1
             self.eye_hist[min(int(score * EYE_BINS), EYE_BINS - 1)] += 1
@@ -189,6 +203,8 @@ class TrackEvidence:
             eye_fake = self.last_eye >= 0 and self.last_eye >= policy.eye_threshold
             spoof = eye_fake or self.last_face >= policy.face_threshold
             return ("spoof" if spoof else "live"), max(self.last_face, 1 - self.last_face)
+        if policy.moment_at is not None and self.face_moment >= policy.moment_at:
+            return "spoof", 1.0 / (1.0 + math.exp(-self.face_moment))
         face, eye = self.evidence(policy)
         total = face + eye
         confidence = 1.0 / (1.0 + math.exp(-abs(total)))
@@ -265,6 +281,11 @@ class TrackEvidence:
             return f"face evidence {self.face_llr:g}, {self.face_logit:g} beyond what {self.face_n} scores carry"
         if not (-1.0 <= self.last_face <= 1.0 and -1.0 <= self.last_eye <= 1.0):
             return "a last score outside [0, 1]"
+        recent = self.face_recent
+        if (not isinstance(recent, list) or len(recent) > min(MOMENT_CROPS, self.face_n)
+                or not all(isinstance(x, (int, float)) and abs(x) <= LLR_CLIP for x in recent)
+                or not -LLR_CLIP <= self.face_moment <= LLR_CLIP):
+            return f"face_recent or face_moment is not the evidence of at most {MOMENT_CROPS} crops"
         hist = self.eye_hist
         if (not isinstance(hist, list) or len(hist) != EYE_BINS
                 or not all(type(c) is int and c >= 0 for c in hist) or sum(hist) != self.eye_n):
@@ -272,13 +293,15 @@ class TrackEvidence:
         return None
 
 
-Decider = Literal["face", "eye", "both"]
-"""The kind of evidence that carried a decision; ``both`` when only their sum reached the threshold."""
+Decider = Literal["face", "eye", "both", "moment"]
+"""The kind of evidence that carried a decision; ``both`` when only their sum reached the threshold,
+``moment`` when neither did and the track's most attack-like moment decided spoof."""
 
 
-def decided_by(face: float, eye: float, verdict: Verdict, policy: Policy) -> Decider:
-    """Which evidence carried a decision of ``verdict`` with evidence (``face``, ``eye``): the kind that
-    alone reaches the verdict's threshold (the larger, when each does), else both.
+def decided_by(face: float, eye: float, verdict: Verdict, policy: Policy, moment: float = -LLR_CLIP) -> Decider:
+    """Which evidence carried a decision of ``verdict`` with evidence (``face``, ``eye``) and the track's
+    ``face_moment``: the kind that alone reaches the verdict's threshold (the larger, when each does),
+    else both, else (a spoof) the moment.
 
     What an operator needs to see per camera: whether the face model decides alone, or the eyes
     (or another cue) turn decisions.
@@ -287,7 +310,10 @@ def decided_by(face: float, eye: float, verdict: Verdict, policy: Policy) -> Dec
     face_alone, eye_alone = sign * face >= need, sign * eye >= need
     if face_alone and eye_alone:
         return "face" if sign * face >= sign * eye else "eye"
-    return "face" if face_alone else "eye" if eye_alone else "both"
+    if face_alone or eye_alone:
+        return "face" if face_alone else "eye"
+    moment_alone = verdict == "spoof" and policy.moment_at is not None and moment >= policy.moment_at
+    return "moment" if moment_alone and face + eye < need else "both"
 
 
 class Change(NamedTuple):

@@ -103,10 +103,10 @@ def metric(port: int, name: str) -> float:
 
 # fusion as a process
 
-def fusion_config(tmp_path: Path, prefix: str, port: int = 0) -> Path:
-    """A config whose fusion uses the documented default policy, not the shipped one."""
+def fusion_config(tmp_path: Path, prefix: str, port: int = 0, policy_: Policy | None = None) -> Path:
+    """A config whose fusion uses ``policy_``, by default the documented default policy, not the shipped one."""
     policy = tmp_path / "policy.json"
-    policy.write_text(Policy().model_dump_json())
+    policy.write_text((policy_ or Policy()).model_dump_json())
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({
         "prefix": prefix, "redis": {"url": REDIS_URL}, "metrics": {"port": port, "host": "127.0.0.1"},

@@ -33,6 +33,29 @@ def test_policy_defaults_decide_as_documented() -> None:
     assert TrackEvidence.from_hash({k.encode(): v.encode() for k, v in ev.to_hash().items()}) == ev
 
 
+def test_an_attack_like_moment_decides_spoof_and_is_never_revised_to_live() -> None:
+    """A replay that looks live on most crops and like an attack on three in a row: spoof, and it stays so."""
+    policy = Policy(face_weight=0.25, face_cap=12, spoof_at=1.5, live_at=2.0, moment_at=3.0)
+    scores = [0.9, 0.9, 0.9, 0.2, 0.2, 0.99, 0.99, 0.99] + [0.05] * 30
+    latched, plain = TrackEvidence(), TrackEvidence()
+    verdicts = []
+    for i, p in enumerate(scores):
+        latched.step("face", p, float(i), policy, None, "evidence", float(i))
+        plain.step("face", p, float(i), policy.model_copy(update={"moment_at": None}), None, "evidence", float(i))
+        verdicts.append(latched.verdict)
+    assert plain.verdict == "live", "without the moment, the live crops that follow outvote it"
+    assert latched.verdict == "spoof" and latched.decisions == 1
+    assert set(verdicts[7:]) == {"spoof"}
+    assert latched.face_moment == 3.0 and len(latched.face_recent) == 3
+    assert decided_by(*latched.evidence(policy), "spoof", policy, latched.face_moment) == "moment"
+    # 0.9 is log-odds 2.2: three in a row are not a moment at the ceiling
+    early = TrackEvidence()
+    for i, p in enumerate(scores[:5]):
+        early.add("face", p, float(i), policy)
+    assert early.face_moment < 3.0
+    assert TrackEvidence.from_hash({k.encode(): v.encode() for k, v in latched.to_hash().items()}) == latched
+
+
 def test_decided_by_names_the_evidence_that_reached_the_threshold() -> None:
     policy = Policy(spoof_at=2.0, live_at=3.0)
     assert decided_by(2.5, 0.0, "spoof", policy) == "face"
@@ -40,6 +63,10 @@ def test_decided_by_names_the_evidence_that_reached_the_threshold() -> None:
     assert decided_by(-2.0, -1.5, "live", policy) == "both"
     assert decided_by(2.1, 2.6, "spoof", policy) == "eye", "each alone suffices: the larger"
     assert decided_by(3.5, -1.0, "spoof", policy) == "face", "against the verdict counts for nothing"
+    moment = policy.model_copy(update={"moment_at": 3.0})
+    assert decided_by(-4.0, 0.0, "spoof", moment, 3.0) == "moment"
+    assert decided_by(2.5, 0.0, "spoof", moment, 3.0) == "face", "the evidence reached it too"
+    assert decided_by(-4.0, 0.0, "spoof", policy, 3.0) == "both", "no moment rule in the policy"
 
 
 def test_interleaved_tracks_and_duplicates(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
@@ -73,9 +100,12 @@ def test_interleaved_tracks_and_duplicates(r: redis.Redis, prefix: str, tmp_path
 
 def test_labels_move_the_accuracy_gauges(r: redis.Redis, prefix: str, tmp_path: Path) -> None:
     keys = Keys(prefix)
-    proc = start_fusion(fusion_config(tmp_path, prefix, free_port()))
+    proc = start_fusion(fusion_config(tmp_path, prefix, free_port(), Policy(moment_at=3.0)))
     try:
         port = metrics_port(r, keys, "f1")
+        # lobby: a face that looks live, then like an attack on three crops in a row: the moment decides
+        for frame, score in enumerate([0.02] * 4 + [0.999] * 3):
+            send_face_score(r, keys, "lobby", "m1", frame, score)
         # camera labels travel with the scores: door has 2 attacks (one accepted) and 1 live
         for frame in range(4):
             send_face_score(r, keys, "door", "a1", frame, 0.96, "spoof")
@@ -89,7 +119,7 @@ def test_labels_move_the_accuracy_gauges(r: redis.Redis, prefix: str, tmp_path: 
                                                    "t").to_fields())
         for frame in range(3):
             send_face_score(r, keys, "hall", "h1", frame, 0.5)
-        wait_for(lambda: len(read_decisions(r, keys)) >= 5, timeout_s=30)
+        wait_for(lambda: len(read_decisions(r, keys)) >= 7, timeout_s=30)
         wait_for(lambda: metric(port, 'liveness_apcer_ratio{camera="door",window="run"}') == 0.5, timeout_s=10)
         assert metric(port, 'liveness_bpcer_ratio{camera="door",window="run"}') == 0.0
         assert metric(port, 'liveness_acer_ratio{camera="door",window="run"}') == 0.25
@@ -103,11 +133,13 @@ def test_labels_move_the_accuracy_gauges(r: redis.Redis, prefix: str, tmp_path: 
         assert metric(port, 'liveness_apcer_ratio{camera="all",window="run"}') == 0.5
         assert metric(port, 'liveness_bpcer_ratio{camera="all",window="run"}') == 0.5
         assert metric(port, 'liveness_decisions_total{camera="door",verdict="live"}') == 2
-        assert metric(port, "liveness_time_to_decision_seconds_count") == 5
+        assert metric(port, "liveness_time_to_decision_seconds_count") == 6
         # which evidence carried each decision: the face alone, but in the hall the eyes alone
         assert metric(port, 'liveness_decisions_by_evidence_total{camera="door",evidence="face"}') == 3
         assert metric(port, 'liveness_decisions_by_evidence_total{camera="hall",evidence="eye"}') == 1
         assert metric(port, 'liveness_decisions_by_evidence_total{camera="hall",evidence="face"}') == 0
+        assert [d.verdict for d in read_decisions(r, keys) if d.track == "m1"] == ["live", "spoof"]
+        assert metric(port, 'liveness_decisions_by_evidence_total{camera="lobby",evidence="moment"}') == 1
     finally:
         stop_process(proc)
 

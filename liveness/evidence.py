@@ -283,7 +283,7 @@ class TrackEvidence:
             return "a last score outside [0, 1]"
         recent = self.face_recent
         if (not isinstance(recent, list) or len(recent) > min(MOMENT_CROPS, self.face_n)
-                or not all(isinstance(x, (int, float)) and abs(x) <= LLR_CLIP for x in recent)
+                or not all(type(x) in (int, float) and abs(x) <= LLR_CLIP for x in recent)
                 or not -LLR_CLIP <= self.face_moment <= LLR_CLIP):
             return f"face_recent or face_moment is not the evidence of at most {MOMENT_CROPS} crops"
         hist = self.eye_hist

@@ -9,10 +9,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import redis
 import yaml
 
 from liveness.contract import Decision, EyeScore, FaceScore, Keys, Label
+from liveness.errors import CorruptStateError
 from liveness.evidence import Policy, TrackEvidence, decided_by
 from liveness.streams import settled
 from tests.conftest import free_port, liveness_cmd, wait_for
@@ -54,6 +56,10 @@ def test_an_attack_like_moment_decides_spoof_and_is_never_revised_to_live() -> N
         early.add("face", p, float(i), policy)
     assert early.face_moment < 3.0
     assert TrackEvidence.from_hash({k.encode(): v.encode() for k, v in latched.to_hash().items()}) == latched
+    for garbage in ("[true]", "[9.0]", "[1, 1, 1, 1]", '"abc"'):
+        with pytest.raises(CorruptStateError, match="face_recent"):
+            TrackEvidence.from_hash({**{k.encode(): v.encode() for k, v in latched.to_hash().items()},
+                                     b"face_recent": garbage.encode()})
 
 
 def test_decided_by_names_the_evidence_that_reached_the_threshold() -> None:

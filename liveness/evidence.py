@@ -5,7 +5,8 @@ counts for at most ``face_cap`` crops, with a discount (frames of one track are 
 correlated, and a long track must not pile up a small bias); eye windows fill a histogram
 whose low quantile says whether the track ever blinked. The sum is compared with two
 thresholds: a spoof needs less evidence than a live face, since a false "spoof" is the cheaper
-error. The ``last_scores`` rule (the last eye score says fake -> fake, else the last face score
+error. A track's most attack-like moment (a few crops in a row at the top of the evidence) decides
+spoof for good, whatever its mean says: a replay may look live on most frames and not on all. The ``last_scores`` rule (the last eye score says fake -> fake, else the last face score
 decides: the original project's) is kept for comparison.
 
 The neutral point is where the light of a camera's room puts it, not where training put it:

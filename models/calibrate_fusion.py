@@ -59,7 +59,7 @@ GRID: dict[str, list[float]] = {
 
 FIXED: dict[str, float] = {"moment_at": LLR_CLIP}
 """Set, not searched. A track whose face evidence stands at its ceiling on three crops in a row is
-spoof, whatever the rest says: no live sequence of any source comes near it, and a replay that
+spoof, whatever the rest says: no live sequence of the sources comes within 1.4 of it, and a replay that
 looks live on most frames may betray itself on a few. Leaving a source out cannot choose it: only
 one source's replay needs it, and there a lower ``spoof_at`` had decided spoof before its mean
 drifted live (``models/artifacts/fusion.md``)."""

@@ -74,13 +74,11 @@ class FaceTracker(Generic[S]):
         self.tracks: list[Track[S]] = []
         self._last_detect = -(10**9)
         self.ended: list[Track[S]] = []
-        self._landmarks = True
 
     def update(self, frame: np.ndarray, index: int, landmarks: bool = True) -> list[Track[S]]:
         """Advance to frame ``index``; ended tracks are left in ``self.ended`` for the caller.
 
         ``landmarks``: whether every track's face is landmarked on this frame (``Track.face``)."""
-        self._landmarks = landmarks
         self.ended = []
         h, w = frame.shape[:2]
         every = self.pipeline.detect_settings.every_n_frames
@@ -101,8 +99,11 @@ class FaceTracker(Generic[S]):
         else:
             for track in followed:
                 _follow(track, frame)
-                self._look(track, frame)
             self.tracks = followed
+        if landmarks:  # each track once, in the box it ends the frame in
+            for track in self.tracks:
+                track.face = self.pipeline.face(frame, track.box)
+                track.fresh = True
         return self.tracks
 
     def _match(self, frame: np.ndarray, tracks: list[Track[S]], index: int) -> list[Track[S]]:
@@ -123,7 +124,6 @@ class FaceTracker(Generic[S]):
                 unmatched.remove(best)
                 track.box = best
                 _anchor(track, frame)
-                self._look(track, frame)
                 track.misses = 0
                 kept.append(track)
             else:
@@ -132,7 +132,6 @@ class FaceTracker(Generic[S]):
             if track.misses < MAX_MISSES and not unmatched:
                 track.misses += 1
                 _follow(track, frame)
-                self._look(track, frame)
                 kept.append(track)
             else:
                 self.ended.append(track)
@@ -142,15 +141,8 @@ class FaceTracker(Generic[S]):
         for box in confident[: max(room, 0)]:
             track = Track[S](self._new_id(), box, index)
             _anchor(track, frame)
-            self._look(track, frame)
             kept.append(track)
         return kept
-
-    def _look(self, track: Track[S], frame: np.ndarray) -> None:
-        """Landmark the track's face in its box if this frame asks for landmarks."""
-        if self._landmarks:
-            track.face = self.pipeline.face(frame, track.box)
-            track.fresh = True
 
 
 def _shrink(frame: np.ndarray, x0: int, y0: int, x1: int, y1: int, k: int) -> np.ndarray:
